@@ -1,0 +1,54 @@
+SHELL := /bin/bash
+# Build the module against the nginx a user already runs (Debian's stock
+# nginx by default), run it locally, test it.
+#
+#   make            build build/ngx_http_presence_module.so
+#   make run        build, start redis-server and nginx on :8080
+#   make test       build, run the test suite (t/*.t) with prove
+#
+# NGINX_SRC is a configured nginx source tree with a conf_flags file, as
+# Debian's nginx-dev installs it; for another nginx see the README.
+
+NGINX_SRC  ?= /usr/share/nginx/src
+NGINX      ?= /usr/sbin/nginx
+BUILD      ?= $(CURDIR)/build
+CC_OPT     ?= -O2 -g
+LD_OPT     ?=
+
+MODULE     := $(BUILD)/ngx_http_presence_module.so
+SOURCES    := config ngx_http_presence_module.c ngx_presence_redis.c \
+              ngx_presence.h
+PROVE_ARGS ?=
+
+.PHONY: all deps run test clean
+
+all: $(MODULE)
+
+deps:
+	@tools/deps build
+
+$(BUILD)/nginx/objs/Makefile: config | deps
+	rm -rf $(BUILD)/nginx
+	mkdir -p $(BUILD)
+	cp -r $(NGINX_SRC) $(BUILD)/nginx
+	cd $(BUILD)/nginx && . ./conf_flags && ./configure \
+	    "$${NGX_CONF_FLAGS[@]}" --with-cc-opt="$(CC_OPT)" \
+	    --with-ld-opt="$(LD_OPT)" --add-dynamic-module=$(CURDIR) \
+	    > $(BUILD)/configure.log 2>&1 \
+	    || { tail -20 $(BUILD)/configure.log; exit 1; }
+
+$(MODULE): $(BUILD)/nginx/objs/Makefile $(SOURCES)
+	$(MAKE) -C $(BUILD)/nginx -f objs/Makefile modules
+	cp $(BUILD)/nginx/objs/ngx_http_presence_module.so $@
+
+run: $(MODULE)
+	@tools/deps run
+	@tools/run
+
+test: $(MODULE)
+	@tools/deps test
+	TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) \
+	    prove $(PROVE_ARGS) t/
+
+clean:
+	rm -rf $(BUILD)
