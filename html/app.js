@@ -1,0 +1,437 @@
+/*
+ * Who's online: the page ngx_http_presence_module serves.
+ *
+ * Talks to three locations, relative to this page (DESIGN.md §3):
+ *   POST api/heartbeat {"user_id": name} -> {"user_id","room","ttl","online"}
+ *   POST api/leave     {"user_id": name} -> {"user_id","room","online"}
+ *   GET  api/online (If-None-Match)      -> {"room","ttl","count","users"} or 304
+ *
+ * User ids go into the page with .text() only, never as HTML.
+ */
+(function ($) {
+  'use strict';
+
+  var API_HEARTBEAT = 'api/heartbeat';
+  var API_LEAVE = 'api/leave';
+  var API_ONLINE = 'api/online';
+
+  var POLL_MS = 2000;         // list refresh, start to start
+  var RETRY_MS = 1000;        // heartbeat retry while the API is failing
+  var TIMEOUT_MS = 8000;      // give up on one request after this
+  var KEY_NAME = 'presence.name';
+  var KEY_ONLINE = 'presence.online';
+
+  var state = {
+    name: '',          // the name we are (or are going) online as
+    wanted: false,     // the person asked to be online
+    online: false,     // a heartbeat for `name` has succeeded
+    ttl: null,         // seconds, from the last reply
+    hbTimer: null,
+    hbSeq: 0,          // bumps cancel replies of older heartbeats
+    pollTimer: null,
+    pollSeq: 0,
+    etag: null,
+    users: [],
+    failing: false
+  };
+
+  var $name, $goOnline, $goOffline, $nameError, $me, $meText, $users, $count,
+      $empty, $more, $banner, $bannerDetail, $room, $ttl;
+
+  /* ---- localStorage, which may be missing or refuse writes ---- */
+
+  function store(key, value) {
+    try {
+      if (value === null) {
+        window.localStorage.removeItem(key);
+      } else {
+        window.localStorage.setItem(key, value);
+      }
+    } catch (e) { /* private mode or disabled: the page still works */ }
+  }
+
+  function recall(key) {
+    try {
+      return window.localStorage.getItem(key);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /* ---- errors ---- */
+
+  // The module answers {"error": code, "message": sentence}; a proxy or a
+  // dropped connection may answer anything, or nothing.
+  function errorOf(xhr) {
+    var body = null;
+    try {
+      body = JSON.parse(xhr.responseText);
+    } catch (e) { /* not JSON */ }
+    return {
+      status: xhr.status,
+      code: body && typeof body.error === 'string' ? body.error : null,
+      message: body && typeof body.message === 'string' ? body.message : null
+    };
+  }
+
+  // 503/504, any other 5xx, or no answer at all: the service is in trouble,
+  // not the person's input.
+  function isOutage(err) {
+    return err.status === 0 || err.status >= 500;
+  }
+
+  function showOutage(err) {
+    var detail;
+    if (err.code === 'redis_unavailable') {
+      detail = 'The presence store cannot be reached.';
+    } else if (err.code === 'redis_timeout') {
+      detail = 'The presence store is taking too long to answer.';
+    } else if (err.status === 0) {
+      detail = 'The server cannot be reached.';
+    } else {
+      detail = 'The server answered with an error (HTTP ' + err.status + ').';
+    }
+    $bannerDetail.text(detail);
+    if (!state.failing) {
+      state.failing = true;
+      $banner.prop('hidden', false);
+      $('body').addClass('is-failing');
+    }
+  }
+
+  function recovered() {
+    if (state.failing) {
+      state.failing = false;
+      $banner.prop('hidden', true);
+      $('body').removeClass('is-failing');
+    }
+  }
+
+  function showNameError(message) {
+    $nameError.text(message).prop('hidden', false);
+    $name.attr('aria-invalid', 'true');
+  }
+
+  function clearNameError() {
+    $nameError.text('').prop('hidden', true);
+    $name.removeAttr('aria-invalid');
+  }
+
+  /* ---- requests ---- */
+
+  function post(url, name) {
+    return $.ajax({
+      url: url,
+      method: 'POST',
+      contentType: 'application/json',
+      data: JSON.stringify({ user_id: name }),
+      dataType: 'json',
+      timeout: TIMEOUT_MS
+    });
+  }
+
+  function heartbeat() {
+    var seq = state.hbSeq;
+
+    clearTimeout(state.hbTimer);
+    state.hbTimer = null;
+
+    post(API_HEARTBEAT, state.name).done(function (data) {
+      if (seq !== state.hbSeq) {
+        return;
+      }
+      recovered();
+      state.ttl = Number(data && data.ttl) || state.ttl || 10;
+      $ttl.text(state.ttl);
+      if (!state.online) {
+        state.online = true;
+        store(KEY_ONLINE, '1');
+        render();
+        pollNow();
+      }
+      // the interval the server's TTL asks for: half of it
+      state.hbTimer = setTimeout(heartbeat, Math.max(500, state.ttl * 500));
+
+    }).fail(function (xhr) {
+      if (seq !== state.hbSeq) {
+        return;
+      }
+      var err = errorOf(xhr);
+      if (isOutage(err)) {
+        showOutage(err);
+        state.hbTimer = setTimeout(heartbeat, RETRY_MS);
+        return;
+      }
+      // 4xx: this name (or request) will not be accepted by retrying
+      stop();
+      store(KEY_ONLINE, null);
+      showNameError(err.message || 'That name cannot be used (HTTP ' + err.status + ').');
+      $name.trigger('focus');
+      render();
+    });
+  }
+
+  function stop() {
+    state.hbSeq++;
+    clearTimeout(state.hbTimer);
+    state.hbTimer = null;
+    state.wanted = false;
+    state.online = false;
+  }
+
+  function goOnline(name) {
+    clearNameError();
+    state.name = name;
+    state.wanted = true;
+    state.online = false;
+    state.hbSeq++;
+    store(KEY_NAME, name);
+    render();
+    heartbeat();
+  }
+
+  function goOffline() {
+    var name = state.name;
+    stop();
+    store(KEY_ONLINE, null);
+    render();
+    post(API_LEAVE, name).done(function () {
+      recovered();
+    }).fail(function (xhr) {
+      var err = errorOf(xhr);
+      if (isOutage(err)) {
+        showOutage(err);
+      }
+    }).always(pollNow);
+  }
+
+  // The tab is going away (closed, reloaded, navigated): say so at once,
+  // so the others see us leave now rather than when the TTL runs out.
+  // A string body goes out as text/plain, which the module accepts.
+  function leaveOnExit() {
+    if (state.wanted && state.name && navigator.sendBeacon) {
+      navigator.sendBeacon(API_LEAVE, JSON.stringify({ user_id: state.name }));
+    }
+  }
+
+  function poll() {
+    var seq = ++state.pollSeq;
+    var started = Date.now();
+    var headers = {};
+
+    clearTimeout(state.pollTimer);
+    state.pollTimer = null;
+    if (state.etag) {
+      headers['If-None-Match'] = state.etag;
+    }
+
+    $.ajax({
+      url: API_ONLINE,
+      method: 'GET',
+      dataType: 'json',
+      headers: headers,
+      timeout: TIMEOUT_MS
+    }).done(function (data, textStatus, xhr) {
+      if (seq !== state.pollSeq) {
+        return;
+      }
+      recovered();
+      if (xhr.status === 304) {
+        return;               // nobody came or went: leave the screen alone
+      }
+      state.etag = xhr.getResponseHeader('ETag');
+      showList(data);
+    }).fail(function (xhr) {
+      if (seq !== state.pollSeq) {
+        return;
+      }
+      var err = errorOf(xhr);
+      if (isOutage(err)) {
+        showOutage(err);
+      }
+    }).always(function () {
+      if (seq !== state.pollSeq) {
+        return;
+      }
+      state.pollTimer = setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - started)));
+    });
+  }
+
+  function pollNow() {
+    poll();
+  }
+
+  /* ---- drawing ---- */
+
+  function hueOf(name) {
+    var h = 0;
+    for (var i = 0; i < name.length; i++) {
+      h = (h * 31 + name.charCodeAt(i)) >>> 0;
+    }
+    return h % 360;
+  }
+
+  function initialOf(name) {
+    var chars = Array.from(name.trim() || name);
+    return (chars[0] || '?').toUpperCase();
+  }
+
+  function userRow(name) {
+    var $li = $('<li class="user"></li>');
+    var $avatar = $('<span class="avatar" aria-hidden="true"></span>')
+      .text(initialOf(name))
+      .append('<span class="status-dot"></span>');
+    $avatar[0].style.setProperty('--hue', hueOf(name));
+    $li.append($avatar,
+      $('<span class="user-name"></span>').text(name),
+      $('<span class="you-tag">you</span>'));
+    $li[0].presenceUser = name;   // a property, so any string is safe as a key
+    return $li;
+  }
+
+  // Updates the list in place: rows of people still online stay put, so
+  // screen readers announce only who came and who left.
+  function showList(data) {
+    var users = Array.isArray(data && data.users) ? data.users : [];
+    var count = typeof data.count === 'number' ? data.count : users.length;
+    var wanted = new Set(users);
+    var rows = new Map();
+
+    $users.children().each(function () {
+      if (wanted.has(this.presenceUser) && !rows.has(this.presenceUser)) {
+        rows.set(this.presenceUser, this);
+      } else {
+        $(this).remove();
+      }
+    });
+
+    var list = $users[0];
+    users.forEach(function (name, i) {
+      var row = rows.get(name);
+      if (!row) {
+        row = userRow(name).addClass('is-new')[0];
+      }
+      if (list.children[i] !== row) {
+        list.insertBefore(row, list.children[i] || null);
+      }
+    });
+
+    state.users = users;
+    $count.text(count);
+    $empty.prop('hidden', users.length > 0);
+    if (count > users.length) {
+      $more.text('and ' + (count - users.length) + ' more').prop('hidden', false);
+    } else {
+      $more.prop('hidden', true);
+    }
+    if (typeof data.room === 'string') {
+      $room.text(data.room);
+    }
+    if (data.ttl) {
+      $ttl.text(data.ttl);
+    }
+    document.title = count > 0 ? 'Who\'s online (' + count + ')' : 'Who\'s online';
+    markSelf();
+    setTimeout(function () { $users.children('.is-new').removeClass('is-new'); }, 400);
+  }
+
+  function markSelf() {
+    var self = state.online ? state.name : null;
+    $users.children().each(function () {
+      var mine = self !== null && this.presenceUser === self;
+      $(this).toggleClass('is-self', mine);
+      if (mine) {
+        $(this).attr('aria-label', this.presenceUser + ' (you)');
+      } else {
+        $(this).removeAttr('aria-label');
+      }
+    });
+  }
+
+  function render() {
+    var st = state.online ? 'online' : state.wanted ? 'joining' : 'offline';
+    $me.attr('data-state', st);
+    if (st === 'online') {
+      $meText.empty().append(document.createTextNode('You\'re online as '),
+        $('<strong></strong>').text(state.name));
+    } else if (st === 'joining') {
+      $meText.empty().append(document.createTextNode('Going online as '),
+        $('<strong></strong>').text(state.name), document.createTextNode('…'));
+    } else {
+      $meText.text('You\'re offline.');
+    }
+    $name.prop('readOnly', state.wanted);
+    $goOnline.prop('hidden', state.wanted);
+    $goOffline.prop('hidden', !state.wanted);
+    markSelf();
+  }
+
+  /* ---- start ---- */
+
+  $(function () {
+    $name = $('#name');
+    $goOnline = $('#go-online');
+    $goOffline = $('#go-offline');
+    $nameError = $('#name-error');
+    $me = $('#me');
+    $meText = $('#me-text');
+    $users = $('#users');
+    $count = $('#count');
+    $empty = $('#empty');
+    $more = $('#more');
+    $banner = $('#banner');
+    $bannerDetail = $('#banner-detail');
+    $room = $('#room');
+    $ttl = $('#ttl');
+
+    $('#join').on('submit', function (e) {
+      e.preventDefault();
+      if (state.wanted) {
+        return;
+      }
+      var name = $name.val().trim();
+      if (!name) {
+        showNameError('Enter a name to go online.');
+        $name.trigger('focus');
+        return;
+      }
+      goOnline(name);
+    });
+
+    $goOffline.on('click', function () {
+      goOffline();
+      $name.trigger('focus');
+    });
+
+    $name.on('input', function () {
+      if (!$nameError.prop('hidden')) {
+        clearNameError();
+      }
+    });
+
+    window.addEventListener('pagehide', leaveOnExit);
+
+    // Back from the back/forward cache: the leave went out on pagehide, so
+    // come back online and catch up with the list.
+    window.addEventListener('pageshow', function (e) {
+      if (e.persisted) {
+        if (state.wanted) {
+          state.online = false;
+          state.hbSeq++;
+          heartbeat();
+        }
+        pollNow();
+      }
+    });
+
+    var saved = recall(KEY_NAME);
+    if (saved) {
+      $name.val(saved);
+    }
+    render();
+    if (saved && recall(KEY_ONLINE) === '1') {
+      goOnline(saved);
+    }
+    poll();
+  });
+}(jQuery));
