@@ -39,7 +39,9 @@ $(BUILD)/nginx/objs/Makefile: config | deps
 
 $(MODULE): $(BUILD)/nginx/objs/Makefile $(SOURCES)
 	$(MAKE) -C $(BUILD)/nginx -f objs/Makefile modules
-	cp $(BUILD)/nginx/objs/ngx_http_presence_module.so $@
+	@# a new inode: a running nginx that mapped the old file keeps it intact
+	cp $(BUILD)/nginx/objs/ngx_http_presence_module.so $@.tmp
+	mv $@.tmp $@
 
 run: $(MODULE)
 	@tools/deps run

@@ -1,0 +1,1713 @@
+
+/*
+ * ngx_http_presence_module: who is online, answered by nginx itself.
+ *
+ * This file is the HTTP side: directives, the content handlers, request
+ * parsing and the JSON answers.  The Redis side is ngx_presence_redis.c.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_md5.h>
+#include <cjson/cJSON.h>
+
+#include "ngx_presence.h"
+
+
+#define NGX_HTTP_PRESENCE_HEARTBEAT  1
+#define NGX_HTTP_PRESENCE_LEAVE      2
+#define NGX_HTTP_PRESENCE_ONLINE     3
+
+/* bytes of the MD5 of a listing that make its ETag */
+#define NGX_HTTP_PRESENCE_ETAG_LEN   8
+
+
+typedef struct {
+    ngx_presence_redis_conf_t   redis;
+    ngx_flag_t                  used;
+} ngx_http_presence_main_conf_t;
+
+
+typedef struct {
+    ngx_uint_t                  handler;
+    ngx_http_complex_value_t   *identity;
+    ngx_http_complex_value_t   *room;
+    ngx_msec_t                  ttl;
+    ngx_str_t                   key_prefix;
+    ngx_uint_t                  online_limit;
+    ngx_uint_t                  max_id_length;
+    size_t                      max_body_size;
+
+    /* the TTL as Redis takes it (ms) and as the JSON shows it (s) */
+    ngx_str_t                   ttl_ms;
+    ngx_str_t                   ttl_json;
+} ngx_http_presence_loc_conf_t;
+
+
+typedef struct {
+    ngx_http_request_t         *request;
+    ngx_presence_cmd_t         *cmd;
+    ngx_event_t                 timeout;
+    ngx_uint_t                  script;
+    ngx_str_t                   user;
+    ngx_str_t                   room;
+    ngx_uint_t                  limit;
+} ngx_http_presence_ctx_t;
+
+
+typedef struct {
+    ngx_uint_t                  status;
+    ngx_str_t                   code;
+    ngx_str_t                   message;
+} ngx_http_presence_err_t;
+
+
+/* above zero: never confused with NGX_OK and NGX_ERROR of the helpers */
+
+typedef enum {
+    NGX_HTTP_PRESENCE_ERR_USER = 1,
+    NGX_HTTP_PRESENCE_ERR_ROOM,
+    NGX_HTTP_PRESENCE_ERR_JSON,
+    NGX_HTTP_PRESENCE_ERR_LIMIT,
+    NGX_HTTP_PRESENCE_ERR_IDENTITY,
+    NGX_HTTP_PRESENCE_ERR_METHOD,
+    NGX_HTTP_PRESENCE_ERR_TOO_LARGE,
+    NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE,
+    NGX_HTTP_PRESENCE_ERR_UNAVAILABLE,
+    NGX_HTTP_PRESENCE_ERR_TIMEOUT
+} ngx_http_presence_err_e;
+
+
+static ngx_int_t ngx_http_presence_update_handler(ngx_http_request_t *r);
+static void ngx_http_presence_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_presence_online_handler(ngx_http_request_t *r);
+static ngx_http_presence_ctx_t *ngx_http_presence_create_ctx(
+    ngx_http_request_t *r);
+static ngx_int_t ngx_http_presence_start(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_fail(ngx_http_request_t *r,
+    ngx_int_t rc);
+static ngx_int_t ngx_http_presence_eval_identity(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_read_body(ngx_http_request_t *r,
+    ngx_str_t *body);
+static ngx_int_t ngx_http_presence_query(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static void ngx_http_presence_cleanup(void *data);
+static void ngx_http_presence_timeout_handler(ngx_event_t *ev);
+static void ngx_http_presence_reply(void *data, redisReply *reply);
+static ngx_int_t ngx_http_presence_respond(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx, redisReply *reply);
+static ngx_int_t ngx_http_presence_respond_listing(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx, redisReply *reply);
+static int ngx_libc_cdecl ngx_http_presence_cmp_str(const void *one,
+    const void *two);
+static ngx_int_t ngx_http_presence_send(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
+static ngx_int_t ngx_http_presence_error(ngx_http_request_t *r,
+    ngx_int_t err);
+static ngx_int_t ngx_http_presence_add_header(ngx_http_request_t *r,
+    ngx_str_t *key, ngx_str_t *value, ngx_table_elt_t **h);
+static size_t ngx_http_presence_json_len(ngx_str_t *s);
+static u_char *ngx_http_presence_json_str(u_char *p, ngx_str_t *s);
+
+ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
+ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
+    ngx_str_t *user, ngx_pool_t *pool);
+ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
+ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
+
+static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
+static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
+static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_presence_room(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_presence_check_msec(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_presence_check_prefix(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_presence_check_size(ngx_conf_t *cf, void *post,
+    void *data);
+
+
+static ngx_conf_post_handler_pt  ngx_http_presence_check_msec_p =
+    ngx_http_presence_check_msec;
+
+static ngx_conf_post_handler_pt  ngx_http_presence_check_prefix_p =
+    ngx_http_presence_check_prefix;
+
+static ngx_conf_post_handler_pt  ngx_http_presence_check_size_p =
+    ngx_http_presence_check_size;
+
+static ngx_conf_num_bounds_t  ngx_http_presence_db_bounds = {
+    ngx_conf_check_num_bounds, 0, -1
+};
+
+static ngx_conf_num_bounds_t  ngx_http_presence_limit_bounds = {
+    ngx_conf_check_num_bounds, 1, 1000000
+};
+
+static ngx_conf_num_bounds_t  ngx_http_presence_id_length_bounds = {
+    ngx_conf_check_num_bounds, 1, 1024
+};
+
+
+static ngx_command_t  ngx_http_presence_commands[] = {
+
+    { ngx_string("presence_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_presence_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_redis_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, redis.password),
+      NULL },
+
+    { ngx_string("presence_redis_db"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, redis.db),
+      &ngx_http_presence_db_bounds },
+
+    { ngx_string("presence_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, redis.timeout),
+      &ngx_http_presence_check_msec_p },
+
+    { ngx_string("presence_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, ttl),
+      &ngx_http_presence_check_msec_p },
+
+    { ngx_string("presence_key_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, key_prefix),
+      &ngx_http_presence_check_prefix_p },
+
+    { ngx_string("presence_room"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_presence_room,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_heartbeat"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_presence_content,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_HEARTBEAT,
+      NULL },
+
+    { ngx_string("presence_leave"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_presence_content,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_LEAVE,
+      NULL },
+
+    { ngx_string("presence_online"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_content,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_ONLINE,
+      NULL },
+
+    { ngx_string("presence_online_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, online_limit),
+      &ngx_http_presence_limit_bounds },
+
+    { ngx_string("presence_max_id_length"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, max_id_length),
+      &ngx_http_presence_id_length_bounds },
+
+    { ngx_string("presence_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, max_body_size),
+      &ngx_http_presence_check_size_p },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_presence_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_presence_create_main_conf,    /* create main configuration */
+    ngx_http_presence_init_main_conf,      /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_presence_create_loc_conf,     /* create location configuration */
+    ngx_http_presence_merge_loc_conf       /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_presence_module = {
+    NGX_MODULE_V1,
+    &ngx_http_presence_module_ctx,         /* module context */
+    ngx_http_presence_commands,            /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_presence_init_process,        /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_presence_exit_process,        /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_http_presence_err_t  ngx_http_presence_errors[] = {
+
+    { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_user_id"),
+      ngx_string("The user id must be a non-empty string of valid UTF-8, "
+                 "without control characters, within the length limit.") },
+
+    { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_room"),
+      ngx_string("The room must be a non-empty string of valid UTF-8, "
+                 "without control characters, within the length limit.") },
+
+    { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_json"),
+      ngx_string("The body must be one JSON object, such as "
+                 "{\\\"user_id\\\": \\\"alice\\\"}.") },
+
+    { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_limit"),
+      ngx_string("The limit must be a whole number of zero or more.") },
+
+    { NGX_HTTP_UNAUTHORIZED, ngx_string("no_identity"),
+      ngx_string("The request carries no user identity.") },
+
+    { NGX_HTTP_NOT_ALLOWED, ngx_string("method_not_allowed"),
+      ngx_string("This method is not allowed here; see the Allow header.") },
+
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, ngx_string("body_too_large"),
+      ngx_string("The body is larger than this location accepts.") },
+
+    { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, ngx_string("unsupported_media_type"),
+      ngx_string("Send the body as application/json or text/plain.") },
+
+    { NGX_HTTP_SERVICE_UNAVAILABLE, ngx_string("redis_unavailable"),
+      ngx_string("The presence store is unavailable; try again shortly.") },
+
+    { NGX_HTTP_GATEWAY_TIME_OUT, ngx_string("redis_timeout"),
+      ngx_string("The presence store did not answer in time.") }
+};
+
+
+static ngx_http_complex_value_t  ngx_http_presence_default_room = {
+    ngx_string("global"), NULL, NULL, NULL, { 0 }
+};
+
+
+static ngx_str_t  ngx_http_presence_allow_post = ngx_string("POST");
+static ngx_str_t  ngx_http_presence_allow_get = ngx_string("GET, HEAD");
+
+
+static ngx_int_t
+ngx_http_presence_update_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_http_presence_ctx_t       *ctx;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    if (r->method != NGX_HTTP_POST) {
+        rc = NGX_HTTP_PRESENCE_ERR_METHOD;
+        goto discard;
+    }
+
+    ctx = ngx_http_presence_create_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->script = (plcf->handler == NGX_HTTP_PRESENCE_HEARTBEAT)
+                  ? NGX_PRESENCE_HEARTBEAT : NGX_PRESENCE_LEAVE;
+
+    if (plcf->identity) {
+
+        /* the identity comes from nginx: any body is ignored */
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        rc = ngx_http_presence_eval_identity(r, ctx);
+
+        if (rc == NGX_OK) {
+            rc = ngx_http_presence_start(r, ctx);
+        }
+
+        if (rc == NGX_OK) {
+            r->main->count++;
+            return NGX_DONE;
+        }
+
+        return ngx_http_presence_fail(r, rc);
+    }
+
+    if (r->headers_in.content_type
+        && !ngx_http_presence_media_type_ok(&r->headers_in.content_type->value))
+    {
+        rc = NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE;
+        goto discard;
+    }
+
+    if (r->headers_in.content_length_n > (off_t) plcf->max_body_size) {
+        rc = NGX_HTTP_PRESENCE_ERR_TOO_LARGE;
+        goto discard;
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_presence_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+
+discard:
+
+    /* the answer comes before the body: nginx reads and drops it */
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_presence_error(r, rc);
+}
+
+
+static void
+ngx_http_presence_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_str_t                      body;
+    ngx_http_presence_ctx_t       *ctx;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_presence_module);
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    rc = ngx_http_presence_read_body(r, &body);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_presence_parse_json(body.data, body.len, &ctx->user,
+                                          r->pool);
+    }
+
+    if (rc == NGX_OK
+        && !ngx_http_presence_valid_id(ctx->user.data, ctx->user.len,
+                                       plcf->max_id_length))
+    {
+        rc = NGX_HTTP_PRESENCE_ERR_USER;
+    }
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_presence_start(r, ctx);
+    }
+
+    if (rc == NGX_OK) {
+        /* the reply or the timer finalizes the request */
+        return;
+    }
+
+    ngx_http_finalize_request(r, ngx_http_presence_fail(r, rc));
+}
+
+
+static ngx_int_t
+ngx_http_presence_online_handler(ngx_http_request_t *r)
+{
+    u_char                        *p;
+    ngx_int_t                      rc, limit;
+    ngx_str_t                      value;
+    ngx_http_presence_ctx_t       *ctx;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_METHOD);
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    ctx = ngx_http_presence_create_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "user_id", 7, &value) == NGX_OK) {
+
+        p = ngx_pnalloc(r->pool, value.len);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ctx->user.data = p;
+        ngx_unescape_uri(&p, &value.data, value.len, 0);
+        ctx->user.len = p - ctx->user.data;
+
+        if (!ngx_http_presence_valid_id(ctx->user.data, ctx->user.len,
+                                        plcf->max_id_length))
+        {
+            return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_USER);
+        }
+
+        ctx->script = NGX_PRESENCE_LOOKUP;
+
+    } else {
+        ctx->limit = plcf->online_limit;
+
+        if (ngx_http_arg(r, (u_char *) "limit", 5, &value) == NGX_OK) {
+            limit = ngx_atoi(value.data, value.len);
+
+            if (limit == NGX_ERROR) {
+                return ngx_http_presence_error(r,
+                                               NGX_HTTP_PRESENCE_ERR_LIMIT);
+            }
+
+            /* the setting is a cap, not an error to exceed */
+            ctx->limit = ngx_min((ngx_uint_t) limit, plcf->online_limit);
+        }
+
+        ctx->script = NGX_PRESENCE_ONLINE;
+    }
+
+    rc = ngx_http_presence_start(r, ctx);
+
+    if (rc == NGX_OK) {
+        r->main->count++;
+        return NGX_DONE;
+    }
+
+    return ngx_http_presence_fail(r, rc);
+}
+
+
+static ngx_http_presence_ctx_t *
+ngx_http_presence_create_ctx(ngx_http_request_t *r)
+{
+    ngx_http_cleanup_t       *cln;
+    ngx_http_presence_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_presence_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_presence_cleanup;
+    cln->data = ctx;
+
+    ctx->request = r;
+
+    ctx->timeout.handler = ngx_http_presence_timeout_handler;
+    ctx->timeout.data = ctx;
+    ctx->timeout.log = r->connection->log;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_presence_module);
+
+    return ctx;
+}
+
+
+/* NGX_OK, NGX_ERROR, or an error to answer with */
+
+static ngx_int_t
+ngx_http_presence_eval_identity(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    if (ngx_http_complex_value(r, plcf->identity, &ctx->user) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ctx->user.len == 0) {
+        return NGX_HTTP_PRESENCE_ERR_IDENTITY;
+    }
+
+    if (!ngx_http_presence_valid_id(ctx->user.data, ctx->user.len,
+                                    plcf->max_id_length))
+    {
+        return NGX_HTTP_PRESENCE_ERR_USER;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the room, then the command to Redis: NGX_OK, NGX_ERROR or an error */
+
+static ngx_int_t
+ngx_http_presence_start(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
+{
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    if (ngx_http_complex_value(r, plcf->room, &ctx->room) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!ngx_http_presence_valid_id(ctx->room.data, ctx->room.len,
+                                    plcf->max_id_length))
+    {
+        return NGX_HTTP_PRESENCE_ERR_ROOM;
+    }
+
+    return ngx_http_presence_query(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_presence_fail(ngx_http_request_t *r, ngx_int_t rc)
+{
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_presence_error(r, rc);
+}
+
+
+/*
+ * Gathers the body into one null-terminated buffer, wherever nginx put
+ * it: one buffer, several (chunked), or a temporary file.  NGX_OK,
+ * NGX_ERROR, or too large for presence_max_body_size, which a chunked body
+ * can only show once it is read.
+ */
+
+static ngx_int_t
+ngx_http_presence_read_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    u_char                        *p;
+    off_t                          len;
+    ssize_t                        n;
+    ngx_buf_t                     *b;
+    ngx_chain_t                   *cl;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    len = 0;
+
+    if (r->request_body) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            len += ngx_buf_size(cl->buf);
+        }
+    }
+
+    if (len > (off_t) plcf->max_body_size) {
+        return NGX_HTTP_PRESENCE_ERR_TOO_LARGE;
+    }
+
+    p = ngx_pnalloc(r->pool, (size_t) len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    body->data = p;
+    body->len = (size_t) len;
+
+    for (cl = r->request_body ? r->request_body->bufs : NULL;
+         cl;
+         cl = cl->next)
+    {
+        b = cl->buf;
+
+        if (!b->in_file) {
+            p = ngx_cpymem(p, b->pos, b->last - b->pos);
+            continue;
+        }
+
+        /* at most presence_max_body_size from a local temporary file */
+
+        n = ngx_read_file(b->file, p, (size_t) (b->file_last - b->file_pos),
+                          b->file_pos);
+
+        if (n != b->file_last - b->file_pos) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "presence: cannot read the request body from "
+                          "\"%V\"", &b->file->name);
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    *p = '\0';
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
+{
+    u_char                         *p;
+    ngx_str_t                       key, args[NGX_PRESENCE_MAX_ARGS];
+    ngx_uint_t                      nargs;
+    ngx_http_presence_loc_conf_t   *plcf;
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
+
+    /* the braces make the room a Redis Cluster hash tag */
+
+    key.len = plcf->key_prefix.len + ctx->room.len + 2;
+    key.data = ngx_pnalloc(r->pool, key.len + NGX_INT_T_LEN);
+    if (key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(key.data, plcf->key_prefix.data, plcf->key_prefix.len);
+    *p++ = '{';
+    p = ngx_cpymem(p, ctx->room.data, ctx->room.len);
+    *p++ = '}';
+
+    switch (ctx->script) {
+
+    case NGX_PRESENCE_HEARTBEAT:
+        args[0] = ctx->user;
+        args[1] = plcf->ttl_ms;
+        nargs = 2;
+        break;
+
+    case NGX_PRESENCE_ONLINE:
+        args[0].data = p;
+        args[0].len = ngx_sprintf(p, "%ui", ctx->limit) - p;
+        nargs = 1;
+        break;
+
+    default: /* NGX_PRESENCE_LEAVE, NGX_PRESENCE_LOOKUP */
+        args[0] = ctx->user;
+        nargs = 1;
+        break;
+    }
+
+    ctx->cmd = ngx_presence_redis_eval(ctx->script, &key, args, nargs,
+                                       ngx_http_presence_reply, ctx,
+                                       r->connection->log);
+
+    if (ctx->cmd == NULL) {
+        return NGX_HTTP_PRESENCE_ERR_UNAVAILABLE;
+    }
+
+    ngx_add_timer(&ctx->timeout, pmcf->redis.timeout);
+
+    /* a client that goes away ends the request; the reply is dropped */
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_presence_cleanup(void *data)
+{
+    ngx_http_presence_ctx_t  *ctx = data;
+
+    if (ctx->cmd) {
+        ngx_presence_redis_detach(ctx->cmd);
+        ctx->cmd = NULL;
+    }
+
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+}
+
+
+static void
+ngx_http_presence_timeout_handler(ngx_event_t *ev)
+{
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_presence_ctx_t  *ctx;
+
+    ctx = ev->data;
+    r = ctx->request;
+    c = r->connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0, "presence: redis timeout");
+
+    ngx_presence_redis_detach(ctx->cmd);
+    ctx->cmd = NULL;
+
+    ngx_presence_redis_timed_out();
+
+    ngx_http_finalize_request(r,
+                     ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_TIMEOUT));
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_presence_reply(void *data, redisReply *reply)
+{
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_presence_ctx_t  *ctx;
+
+    ctx = data;
+    r = ctx->request;
+    c = r->connection;
+
+    ctx->cmd = NULL;
+
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+
+    ngx_http_finalize_request(r, ngx_http_presence_respond(r, ctx, reply));
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
+    redisReply *reply)
+{
+    size_t                         len;
+    ngx_buf_t                     *b;
+    long long                      n;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    if (reply == NULL) {
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+    }
+
+    if (ctx->script == NGX_PRESENCE_ONLINE) {
+        return ngx_http_presence_respond_listing(r, ctx, reply);
+    }
+
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        goto invalid;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    n = reply->integer;
+
+    len = sizeof("{\"user_id\":,\"online\":,\"expires_in_ms\":}") - 1
+          + sizeof(",\"room\":,\"ttl\":") - 1
+          + ngx_http_presence_json_len(&ctx->user)
+          + ngx_http_presence_json_len(&ctx->room)
+          + plcf->ttl_json.len + NGX_INT64_LEN;
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, "{\"user_id\":", 11);
+    b->last = ngx_http_presence_json_str(b->last, &ctx->user);
+
+    if (ctx->script == NGX_PRESENCE_LOOKUP) {
+        if (n < 0) {
+            n = 0;
+        }
+
+        b->last = ngx_sprintf(b->last, ",\"online\":%s,\"expires_in_ms\":%L}",
+                              n ? "true" : "false", (int64_t) n);
+
+    } else {
+        b->last = ngx_cpymem(b->last, ",\"room\":", 8);
+        b->last = ngx_http_presence_json_str(b->last, &ctx->room);
+
+        if (ctx->script == NGX_PRESENCE_HEARTBEAT) {
+            b->last = ngx_sprintf(b->last, ",\"ttl\":%V", &plcf->ttl_json);
+        }
+
+        b->last = ngx_sprintf(b->last, ",\"online\":%L}", (int64_t) n);
+    }
+
+    return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+
+invalid:
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "presence: redis error: %*s",
+                      (size_t) reply->len, reply->str);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "presence: unexpected redis reply of type %d",
+                      reply->type);
+    }
+
+    return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+}
+
+
+static ngx_int_t
+ngx_http_presence_respond_listing(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx, redisReply *reply)
+{
+    u_char                         digest[16], *etag;
+    size_t                         len, i;
+    ngx_buf_t                     *b;
+    ngx_str_t                     *users, value;
+    ngx_md5_t                      md5;
+    redisReply                    *list;
+    ngx_table_elt_t               *h;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    static ngx_str_t  etag_name = ngx_string("ETag");
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "presence: unexpected redis reply to a listing");
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    list = reply->element[1];
+
+    users = ngx_palloc(r->pool, (list->elements + 1) * sizeof(ngx_str_t));
+    if (users == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = sizeof("{\"room\":,\"ttl\":,\"count\":,\"users\":[]}") - 1
+          + ngx_http_presence_json_len(&ctx->room)
+          + plcf->ttl_json.len + NGX_INT64_LEN;
+
+    for (i = 0; i < list->elements; i++) {
+        if (list->element[i]->type != REDIS_REPLY_STRING) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "presence: unexpected member in a redis listing");
+            return ngx_http_presence_error(r,
+                                           NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+        }
+
+        users[i].data = (u_char *) list->element[i]->str;
+        users[i].len = list->element[i]->len;
+
+        len += ngx_http_presence_json_len(&users[i]) + 1;
+    }
+
+    /* Redis gave the most recently seen first; people read names sorted */
+
+    ngx_qsort(users, list->elements, sizeof(ngx_str_t),
+              ngx_http_presence_cmp_str);
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, "{\"room\":", 8);
+    b->last = ngx_http_presence_json_str(b->last, &ctx->room);
+    b->last = ngx_sprintf(b->last, ",\"ttl\":%V,\"count\":%L,\"users\":[",
+                          &plcf->ttl_json,
+                          (int64_t) reply->element[0]->integer);
+
+    for (i = 0; i < list->elements; i++) {
+        if (i) {
+            *b->last++ = ',';
+        }
+
+        b->last = ngx_http_presence_json_str(b->last, &users[i]);
+    }
+
+    b->last = ngx_cpymem(b->last, "]}", 2);
+
+    /*
+     * A strong ETag is a hash of the very body: it changes when someone
+     * comes or goes, not when a listed user only heartbeats again.
+     */
+
+    ngx_md5_init(&md5);
+    ngx_md5_update(&md5, b->pos, b->last - b->pos);
+    ngx_md5_final(digest, &md5);
+
+    etag = ngx_pnalloc(r->pool, NGX_HTTP_PRESENCE_ETAG_LEN * 2 + 2);
+    if (etag == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    value.data = etag;
+    *etag++ = '"';
+    etag = ngx_hex_dump(etag, digest, NGX_HTTP_PRESENCE_ETAG_LEN);
+    *etag++ = '"';
+    value.len = etag - value.data;
+
+    if (ngx_http_presence_add_header(r, &etag_name, &value, &h) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.etag = h;
+
+    if (r->headers_in.if_none_match
+        && ngx_http_presence_etag_match(&r->headers_in.if_none_match->value,
+                                        &value))
+    {
+        return ngx_http_presence_send(r, NGX_HTTP_NOT_MODIFIED, NULL);
+    }
+
+    return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_presence_cmp_str(const void *one, const void *two)
+{
+    ngx_int_t         rc;
+    const ngx_str_t  *a = one;
+    const ngx_str_t  *b = two;
+
+    rc = ngx_memcmp(a->data, b->data, ngx_min(a->len, b->len));
+
+    if (rc != 0) {
+        return (int) rc;
+    }
+
+    return (a->len > b->len) - (a->len < b->len);
+}
+
+
+/* b == NULL: no body (304) */
+
+static ngx_int_t
+ngx_http_presence_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_buf_t *b)
+{
+    ngx_int_t     rc;
+    ngx_chain_t   out;
+
+    static ngx_str_t  cache_control = ngx_string("Cache-Control");
+    static ngx_str_t  no_store = ngx_string("no-store");
+
+    r->headers_out.status = status;
+
+    if (ngx_http_presence_add_header(r, &cache_control, &no_store, NULL)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (b == NULL) {
+        r->header_only = 1;
+        r->headers_out.content_length_n = -1;
+
+        return ngx_http_send_header(r);
+    }
+
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    ngx_str_set(&r->headers_out.charset, "utf-8");
+    r->headers_out.content_length_n = b->last - b->pos;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+static ngx_int_t
+ngx_http_presence_error(ngx_http_request_t *r, ngx_int_t err)
+{
+    ngx_buf_t                     *b;
+    ngx_str_t                      retry, *allow;
+    ngx_http_presence_err_t       *e;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    static ngx_str_t  allow_name = ngx_string("Allow");
+    static ngx_str_t  retry_after = ngx_string("Retry-After");
+
+    e = &ngx_http_presence_errors[err - 1];
+
+    if (err == NGX_HTTP_PRESENCE_ERR_METHOD) {
+        plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+        allow = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE)
+                ? &ngx_http_presence_allow_get : &ngx_http_presence_allow_post;
+
+        if (ngx_http_presence_add_header(r, &allow_name, allow, NULL)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (err == NGX_HTTP_PRESENCE_ERR_UNAVAILABLE) {
+        ngx_str_set(&retry, "1");
+
+        if (ngx_http_presence_add_header(r, &retry_after, &retry, NULL)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    b = ngx_create_temp_buf(r->pool, sizeof("{\"error\":\"\",\"message\":\"\"}")
+                                     - 1 + e->code.len + e->message.len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last, "{\"error\":\"%V\",\"message\":\"%V\"}",
+                          &e->code, &e->message);
+
+    return ngx_http_presence_send(r, e->status, b);
+}
+
+
+static ngx_int_t
+ngx_http_presence_add_header(ngx_http_request_t *r, ngx_str_t *key,
+    ngx_str_t *value, ngx_table_elt_t **hp)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key = *key;
+    h->value = *value;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+
+    if (hp) {
+        *hp = h;
+    }
+
+    return NGX_OK;
+}
+
+
+static size_t
+ngx_http_presence_json_len(ngx_str_t *s)
+{
+    return s->len + 2 + ngx_escape_json(NULL, s->data, s->len);
+}
+
+
+static u_char *
+ngx_http_presence_json_str(u_char *p, ngx_str_t *s)
+{
+    *p++ = '"';
+    p = (u_char *) ngx_escape_json(p, s->data, s->len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+/*
+ * The functions below read untrusted input.  They are pure (no request,
+ * no I/O) so that a fuzzer can drive them directly.
+ */
+
+
+/* a user id or a room: 1..max bytes of UTF-8 without control characters */
+
+ngx_int_t
+ngx_http_presence_valid_id(u_char *p, size_t len, size_t max)
+{
+    u_char    *end;
+    uint32_t   u;
+
+    if (len == 0 || len > max) {
+        return 0;
+    }
+
+    end = p + len;
+
+    while (p < end) {
+
+        if (*p < 0x80) {
+            if (*p < 0x20 || *p == 0x7f) {
+                return 0;
+            }
+
+            p++;
+            continue;
+        }
+
+        /* rejects truncated, overlong and out of range sequences */
+        u = ngx_utf8_decode(&p, end - p);
+
+        if (u > 0x10ffff
+            || (u >= 0xd800 && u <= 0xdfff)
+            || (u >= 0x80 && u <= 0x9f))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* a JSON "\u0000" escape, which cJSON would silently cut a string at */
+
+static ngx_int_t
+ngx_http_presence_has_nul_escape(u_char *p, size_t len)
+{
+    u_char  *end;
+
+    end = p + len;
+
+    while (p < end) {
+
+        if (*p++ != '\\' || p == end) {
+            continue;
+        }
+
+        if (*p == 'u' && end - p >= 5 && ngx_strncmp(p + 1, "0000", 4) == 0) {
+            return 1;
+        }
+
+        /* skip the escaped character: "\\u0000" is no NUL */
+        p++;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A heartbeat or leave body: one JSON object with a string "user_id",
+ * nothing but whitespace after it.  p must be null-terminated at p[len].
+ * Returns NGX_OK with the user id in the pool, NGX_ERROR when out of
+ * memory, or the error to answer with.
+ */
+
+ngx_int_t
+ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user,
+    ngx_pool_t *pool)
+{
+    u_char       *end;
+    cJSON        *json, *item;
+    ngx_int_t     rc;
+    const char   *parsed;
+
+    json = cJSON_ParseWithLengthOpts((char *) p, len, &parsed, 0);
+
+    if (json == NULL) {
+        return NGX_HTTP_PRESENCE_ERR_JSON;
+    }
+
+    rc = NGX_HTTP_PRESENCE_ERR_JSON;
+
+    for (end = (u_char *) parsed; end < p + len; end++) {
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+            goto done;
+        }
+    }
+
+    if (!cJSON_IsObject(json)) {
+        goto done;
+    }
+
+    rc = NGX_HTTP_PRESENCE_ERR_USER;
+
+    item = cJSON_GetObjectItemCaseSensitive(json, "user_id");
+
+    if (!cJSON_IsString(item) || ngx_http_presence_has_nul_escape(p, len)) {
+        goto done;
+    }
+
+    user->len = ngx_strlen(item->valuestring);
+    user->data = ngx_pnalloc(pool, user->len);
+
+    if (user->data == NULL) {
+        rc = NGX_ERROR;
+        goto done;
+    }
+
+    ngx_memcpy(user->data, item->valuestring, user->len);
+
+    rc = NGX_OK;
+
+done:
+
+    cJSON_Delete(json);
+
+    return rc;
+}
+
+
+/* application/json (with any parameters) or text/plain (sendBeacon) */
+
+ngx_int_t
+ngx_http_presence_media_type_ok(ngx_str_t *value)
+{
+    size_t   len;
+    u_char  *p, *end;
+
+    p = value->data;
+    end = p + value->len;
+
+    while (p < end && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    for (len = 0; p + len < end && p[len] != ';'; len++) { /* void */ }
+
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) {
+        len--;
+    }
+
+    return (len == 16 && ngx_strncasecmp(p, (u_char *) "application/json", 16)
+                         == 0)
+           || (len == 10 && ngx_strncasecmp(p, (u_char *) "text/plain", 10)
+                            == 0);
+}
+
+
+/*
+ * If-None-Match: "*" or a list of entity tags; the comparison is weak
+ * (RFC 9110, 13.1.2), so W/"x" matches "x".  etag includes its quotes.
+ */
+
+ngx_int_t
+ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag)
+{
+    u_char  *p, *end, *start;
+
+    p = header->data;
+    end = p + header->len;
+
+    for ( ;; ) {
+
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        if (p == end) {
+            return 0;
+        }
+
+        if (*p == '*') {
+            return 1;
+        }
+
+        if (end - p >= 2 && p[0] == 'W' && p[1] == '/') {
+            p += 2;
+        }
+
+        if (*p != '"') {
+            return 0;
+        }
+
+        start = p++;
+
+        while (p < end && *p != '"') {
+            p++;
+        }
+
+        if (p == end) {
+            return 0;
+        }
+
+        p++;
+
+        if ((size_t) (p - start) == etag->len
+            && ngx_memcmp(start, etag->data, etag->len) == 0)
+        {
+            return 1;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_presence_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    /* cache helpers run init_process too: only workers talk to Redis */
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_presence_module);
+
+    if (pmcf == NULL || !pmcf->used) {
+        return NGX_OK;
+    }
+
+    return ngx_presence_redis_init_process(cycle, &pmcf->redis);
+}
+
+
+static void
+ngx_http_presence_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_presence_module);
+
+    if (pmcf && pmcf->used) {
+        ngx_presence_redis_exit_process(cycle);
+    }
+}
+
+
+static void *
+ngx_http_presence_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    pmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_presence_main_conf_t));
+    if (pmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     pmcf->redis.name = { 0, NULL };
+     *     pmcf->redis.host = { 0, NULL };
+     *     pmcf->redis.path = { 0, NULL };
+     *     pmcf->redis.password = { 0, NULL };
+     */
+
+    pmcf->redis.db = NGX_CONF_UNSET;
+    pmcf->redis.timeout = NGX_CONF_UNSET_MSEC;
+
+    return pmcf;
+}
+
+
+static char *
+ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_str_t  addr;
+
+    if (pmcf->redis.name.data == NULL) {
+        ngx_str_set(&addr, "127.0.0.1:6379");
+
+        if (ngx_presence_redis_parse_address(cf, &pmcf->redis, &addr)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ngx_conf_init_value(pmcf->redis.db, 0);
+    ngx_conf_init_msec_value(pmcf->redis.timeout, 1000);
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_presence_loc_conf_t));
+    if (plcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     plcf->handler = 0;
+     *     plcf->identity = NULL;
+     *     plcf->key_prefix = { 0, NULL };
+     *     plcf->ttl_ms = { 0, NULL };
+     *     plcf->ttl_json = { 0, NULL };
+     */
+
+    plcf->room = NGX_CONF_UNSET_PTR;
+    plcf->ttl = NGX_CONF_UNSET_MSEC;
+    plcf->online_limit = NGX_CONF_UNSET_UINT;
+    plcf->max_id_length = NGX_CONF_UNSET_UINT;
+    plcf->max_body_size = NGX_CONF_UNSET_SIZE;
+
+    return plcf;
+}
+
+
+static char *
+ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_presence_loc_conf_t *prev = parent;
+    ngx_http_presence_loc_conf_t *conf = child;
+
+    u_char                    *p;
+    ngx_http_complex_value_t  *room;
+
+    ngx_conf_merge_msec_value(conf->ttl, prev->ttl, 10000);
+    ngx_conf_merge_str_value(conf->key_prefix, prev->key_prefix,
+                             "presence:");
+    ngx_conf_merge_ptr_value(conf->room, prev->room,
+                             &ngx_http_presence_default_room);
+    ngx_conf_merge_uint_value(conf->online_limit, prev->online_limit, 1000);
+    ngx_conf_merge_uint_value(conf->max_id_length, prev->max_id_length, 128);
+    ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
+                              4096);
+
+    room = conf->room;
+
+    /* a room without variables is checked once, here */
+
+    if (room->lengths == NULL
+        && !ngx_http_presence_valid_id(room->value.data, room->value.len,
+                                       conf->max_id_length))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid presence_room \"%V\": a room is 1 to %ui "
+                           "bytes of UTF-8 without control characters",
+                           &room->value, conf->max_id_length);
+        return NGX_CONF_ERROR;
+    }
+
+    if (prev->ttl_ms.data && conf->ttl == prev->ttl) {
+        conf->ttl_ms = prev->ttl_ms;
+        conf->ttl_json = prev->ttl_json;
+        return NGX_CONF_OK;
+    }
+
+    p = ngx_pnalloc(cf->pool, 2 * NGX_INT_T_LEN + 4);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    conf->ttl_ms.data = p;
+    conf->ttl_ms.len = ngx_sprintf(p, "%M", conf->ttl) - p;
+
+    p += conf->ttl_ms.len;
+
+    conf->ttl_json.data = p;
+
+    if (conf->ttl % 1000) {
+        p = ngx_sprintf(p, "%M.%03M", conf->ttl / 1000, conf->ttl % 1000);
+
+        while (p[-1] == '0') {
+            p--;
+        }
+
+    } else {
+        p = ngx_sprintf(p, "%M", conf->ttl / 1000);
+    }
+
+    conf->ttl_json.len = p - conf->ttl_json.data;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (pmcf->redis.name.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    return ngx_presence_redis_parse_address(cf, &pmcf->redis, &value[1]);
+}
+
+
+static char *
+ngx_http_presence_room(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_loc_conf_t *plcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (plcf->room != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    plcf->room = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (plcf->room == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = plcf->room;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_presence_loc_conf_t *plcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_presence_main_conf_t     *pmcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    /* one presence handler per location */
+
+    if (plcf->handler) {
+        return "is duplicate";
+    }
+
+    plcf->handler = cmd->offset;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    clcf->handler = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE)
+                    ? ngx_http_presence_online_handler
+                    : ngx_http_presence_update_handler;
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
+    pmcf->used = 1;
+
+    if (cf->args->nelts == 1) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    plcf->identity = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (plcf->identity == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = plcf->identity;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_check_msec(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_msec_t  *msp = data;
+
+    if (*msp == 0) {
+        return "must be greater than zero";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_check_prefix(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *prefix = data;
+
+    /* a brace would move the Redis Cluster hash tag off the room */
+
+    if (ngx_strlchr(prefix->data, prefix->data + prefix->len, '{')
+        || ngx_strlchr(prefix->data, prefix->data + prefix->len, '}'))
+    {
+        return "must not contain \"{\" or \"}\"";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_check_size(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp == 0) {
+        return "must be greater than zero";
+    }
+
+    return NGX_CONF_OK;
+}

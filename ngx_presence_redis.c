@@ -1,0 +1,840 @@
+
+/*
+ * ngx_http_presence_module: one hiredis async connection per worker,
+ * driven by nginx's event loop.
+ *
+ * hiredis 0.14 has no timeouts of its own; the connect and handshake
+ * are bounded by a timer here, each command by a timer of the request
+ * that sent it.  See NGINX-HIREDIS.md in the design notes for the traps
+ * this file steers around.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_sha1.h>
+#include <hiredis/async.h>
+
+#include "ngx_presence.h"
+
+
+#define NGX_PRESENCE_DOWN          0
+#define NGX_PRESENCE_CONNECTING    1
+#define NGX_PRESENCE_READY         2
+
+#define NGX_PRESENCE_BACKOFF_MIN   50
+#define NGX_PRESENCE_BACKOFF_MAX   1000
+
+/* a connection whose commands time out this many times in a row is stuck */
+#define NGX_PRESENCE_MAX_TIMEOUTS  3
+
+
+struct ngx_presence_cmd_s {
+    ngx_presence_reply_pt          handler;
+    void                          *data;
+    struct timespec                start;
+    ngx_uint_t                     script;
+    int                            argc;
+    unsigned                       retried:1;
+    const char                    *argv[4 + NGX_PRESENCE_MAX_ARGS];
+    size_t                         argvlen[4 + NGX_PRESENCE_MAX_ARGS];
+};
+
+
+typedef struct {
+    redisAsyncContext             *ac;
+    ngx_presence_redis_conf_t     *conf;
+    ngx_log_t                     *log;
+
+    /* reconnect after a backoff, or give up on a slow connect */
+    ngx_event_t                    timer;
+    /* posted: drop a connection that stopped answering */
+    ngx_event_t                    drop;
+
+    ngx_msec_t                     backoff;
+    ngx_uint_t                     state;
+    ngx_uint_t                     handshake;
+    ngx_uint_t                     timeouts;
+    ngx_uint_t                     connects;
+    ngx_uint_t                     failures;
+
+    unsigned                       exiting:1;
+} ngx_presence_redis_t;
+
+
+static void ngx_presence_redis_connect(void);
+static void ngx_presence_redis_schedule(void);
+static void ngx_presence_redis_timer_handler(ngx_event_t *ev);
+static void ngx_presence_redis_drop_handler(ngx_event_t *ev);
+static void ngx_presence_redis_connect_failed(const char *err);
+static void ngx_presence_redis_send_handshake(redisAsyncContext *ac);
+static void ngx_presence_redis_on_connect(const redisAsyncContext *ac,
+    int status);
+static void ngx_presence_redis_on_disconnect(const redisAsyncContext *ac,
+    int status);
+static void ngx_presence_redis_handshake_reply(redisAsyncContext *ac,
+    void *r, void *privdata);
+static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+
+static void ngx_presence_redis_add_read(void *data);
+static void ngx_presence_redis_del_read(void *data);
+static void ngx_presence_redis_add_write(void *data);
+static void ngx_presence_redis_del_write(void *data);
+static void ngx_presence_redis_cleanup(void *data);
+static void ngx_presence_redis_read_handler(ngx_event_t *ev);
+static void ngx_presence_redis_write_handler(ngx_event_t *ev);
+
+
+/*
+ * The data model (DESIGN.md section 4).  A room is a sorted set whose
+ * scores are the moments, by the Redis server's clock, at which members
+ * stop being online; every script prunes what has expired first.
+ */
+
+#define NGX_PRESENCE_LUA_NOW                                                  \
+    "local t = redis.call('TIME')\n"                                          \
+    "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"                     \
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
+
+static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
+
+    /* heartbeat: ARGV[1] user, ARGV[2] ttl in ms; returns the count */
+    ngx_string(NGX_PRESENCE_LUA_NOW
+               "local ttl = tonumber(ARGV[2])\n"
+               "redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])\n"
+               "redis.call('PEXPIRE', KEYS[1], ttl)\n"
+               "return redis.call('ZCARD', KEYS[1])\n"),
+
+    /* leave: ARGV[1] user; returns the count */
+    ngx_string(NGX_PRESENCE_LUA_NOW
+               "redis.call('ZREM', KEYS[1], ARGV[1])\n"
+               "return redis.call('ZCARD', KEYS[1])\n"),
+
+    /*
+     * online: ARGV[1] limit; returns {count, members}, the members most
+     * recently seen first
+     */
+    ngx_string(NGX_PRESENCE_LUA_NOW
+               "local limit = tonumber(ARGV[1])\n"
+               "local users = {}\n"
+               "if limit > 0 then\n"
+               "  users = redis.call('ZREVRANGE', KEYS[1], 0, limit - 1)\n"
+               "end\n"
+               "return {redis.call('ZCARD', KEYS[1]), users}\n"),
+
+    /* lookup: ARGV[1] user; returns the ms left, 0 when not online */
+    ngx_string(NGX_PRESENCE_LUA_NOW
+               "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
+               "if s then return tonumber(s) - now end\n"
+               "return 0\n")
+};
+
+
+static u_char                 ngx_presence_sha[NGX_PRESENCE_NSCRIPTS][40];
+static ngx_presence_redis_t   ngx_presence_redis;
+
+ngx_presence_redis_stats_t    ngx_presence_redis_stats;
+
+
+char *
+ngx_presence_redis_parse_address(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *value)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_url_t   u;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = 6379;
+
+    /* a name is resolved here, once: a worker never waits on DNS */
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in redis address \"%V\"", u.err, &u.url);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.uri.len || u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid redis address \"%V\": expected "
+                           "\"host:port\" or \"unix:/path\"", &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->name = *value;
+
+#if (NGX_HAVE_UNIX_DOMAIN)
+
+    if (u.family == AF_UNIX) {
+        p = (u_char *) ((struct sockaddr_un *) u.addrs[0].sockaddr)->sun_path;
+        len = ngx_strlen(p);
+
+        rcf->path.data = ngx_pnalloc(cf->pool, len + 1);
+        if (rcf->path.data == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        ngx_memcpy(rcf->path.data, p, len + 1);
+        rcf->path.len = len;
+
+        return NGX_CONF_OK;
+    }
+
+#endif
+
+    p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, p,
+                        NGX_SOCKADDR_STRLEN, 0);
+    p[len] = '\0';
+
+    rcf->host.data = p;
+    rcf->host.len = len;
+    rcf->port = ngx_inet_get_port(u.addrs[0].sockaddr);
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_presence_redis_init_process(ngx_cycle_t *cycle,
+    ngx_presence_redis_conf_t *rcf)
+{
+    u_char                 digest[20];
+    ngx_uint_t             i;
+    ngx_sha1_t             sha1;
+    ngx_presence_redis_t  *rds;
+
+    for (i = 0; i < NGX_PRESENCE_NSCRIPTS; i++) {
+        ngx_sha1_init(&sha1);
+        ngx_sha1_update(&sha1, ngx_presence_scripts[i].data,
+                        ngx_presence_scripts[i].len);
+        ngx_sha1_final(digest, &sha1);
+        ngx_hex_dump(ngx_presence_sha[i], digest, sizeof(digest));
+    }
+
+    rds = &ngx_presence_redis;
+
+    ngx_memzero(rds, sizeof(ngx_presence_redis_t));
+
+    rds->conf = rcf;
+    rds->log = cycle->log;
+    rds->backoff = NGX_PRESENCE_BACKOFF_MIN;
+
+    rds->timer.handler = ngx_presence_redis_timer_handler;
+    rds->timer.log = cycle->log;
+    rds->timer.data = rds;
+    rds->timer.cancelable = 1;
+
+    rds->drop.handler = ngx_presence_redis_drop_handler;
+    rds->drop.log = cycle->log;
+    rds->drop.data = rds;
+
+    ngx_presence_redis_connect();
+
+    return NGX_OK;
+}
+
+
+void
+ngx_presence_redis_exit_process(ngx_cycle_t *cycle)
+{
+    redisAsyncContext     *ac;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    rds->exiting = 1;
+
+    if (rds->timer.timer_set) {
+        ngx_del_timer(&rds->timer);
+    }
+
+    if (rds->drop.posted) {
+        ngx_delete_posted_event(&rds->drop);
+    }
+
+    ac = rds->ac;
+
+    if (ac) {
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+    }
+}
+
+
+static void
+ngx_presence_redis_connect(void)
+{
+    redisAsyncContext          *ac;
+    ngx_connection_t           *c;
+    ngx_presence_redis_t       *rds;
+    ngx_presence_redis_conf_t  *rcf;
+
+    rds = &ngx_presence_redis;
+    rcf = rds->conf;
+
+    if (rcf->path.len) {
+        ac = redisAsyncConnectUnix((char *) rcf->path.data);
+
+    } else {
+        /* the host is numeric: getaddrinfo() does no lookup */
+        ac = redisAsyncConnect((char *) rcf->host.data, (int) rcf->port);
+    }
+
+    if (ac == NULL) {
+        ngx_presence_redis_connect_failed("out of memory");
+        return;
+    }
+
+    if (ac->err) {
+        ngx_presence_redis_connect_failed(ac->errstr);
+        redisAsyncFree(ac);
+        return;
+    }
+
+    c = ngx_get_connection(ac->c.fd, rds->log);
+    if (c == NULL) {
+        redisAsyncFree(ac);
+        ngx_presence_redis_schedule();
+        return;
+    }
+
+    c->data = ac;
+    c->read->handler = ngx_presence_redis_read_handler;
+    c->write->handler = ngx_presence_redis_write_handler;
+    c->read->log = rds->log;
+    c->write->log = rds->log;
+    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_presence_redis_add_read;
+    ac->ev.delRead = ngx_presence_redis_del_read;
+    ac->ev.addWrite = ngx_presence_redis_add_write;
+    ac->ev.delWrite = ngx_presence_redis_del_write;
+    ac->ev.cleanup = ngx_presence_redis_cleanup;
+
+    rds->ac = ac;
+    rds->state = NGX_PRESENCE_CONNECTING;
+    rds->timeouts = 0;
+
+    /* the adapter is in place: this arms the write event */
+    redisAsyncSetConnectCallback(ac, ngx_presence_redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, ngx_presence_redis_on_disconnect);
+
+    /*
+     * hiredis buffers these until the socket is connected; requests
+     * that come meanwhile queue behind them
+     */
+    ngx_presence_redis_send_handshake(ac);
+
+    ngx_add_timer(&rds->timer, rcf->timeout);
+}
+
+
+static void
+ngx_presence_redis_send_handshake(redisAsyncContext *ac)
+{
+    char                       db[NGX_INT_T_LEN];
+    size_t                     len[3];
+    ngx_uint_t                 i;
+    const char                *argv[3];
+    ngx_presence_redis_t      *rds;
+    ngx_presence_redis_conf_t *rcf;
+
+    rds = &ngx_presence_redis;
+    rcf = rds->conf;
+
+    rds->handshake = 0;
+
+    if (rcf->password.len) {
+        argv[0] = "AUTH";
+        len[0] = 4;
+        argv[1] = (char *) rcf->password.data;
+        len[1] = rcf->password.len;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_handshake_reply,
+                                  NULL, 2, argv, len)
+            == REDIS_OK)
+        {
+            rds->handshake++;
+        }
+    }
+
+    if (rcf->db) {
+        argv[0] = "SELECT";
+        len[0] = 6;
+        argv[1] = db;
+        len[1] = ngx_sprintf((u_char *) db, "%i", rcf->db) - (u_char *) db;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_handshake_reply,
+                                  NULL, 2, argv, len)
+            == REDIS_OK)
+        {
+            rds->handshake++;
+        }
+    }
+
+    for (i = 0; i < NGX_PRESENCE_NSCRIPTS; i++) {
+        argv[0] = "SCRIPT";
+        len[0] = 6;
+        argv[1] = "LOAD";
+        len[1] = 4;
+        argv[2] = (char *) ngx_presence_scripts[i].data;
+        len[2] = ngx_presence_scripts[i].len;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_handshake_reply,
+                                  NULL, 3, argv, len)
+            == REDIS_OK)
+        {
+            rds->handshake++;
+        }
+    }
+}
+
+
+static void
+ngx_presence_redis_connect_failed(const char *err)
+{
+    ngx_uint_t             level;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    /* the first failure in a row is an error; retries only info */
+
+    level = rds->failures++ ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+    ngx_log_error(level, rds->log, 0,
+                  "presence: cannot connect to redis at \"%V\": %s",
+                  &rds->conf->name, err);
+
+    if (rds->ac == NULL) {
+        ngx_presence_redis_schedule();
+    }
+}
+
+
+static void
+ngx_presence_redis_schedule(void)
+{
+    ngx_msec_t             delay;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    rds->state = NGX_PRESENCE_DOWN;
+
+    if (rds->exiting || ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    /* jitter keeps the workers of a host from reconnecting in step */
+
+    delay = rds->backoff / 2 + ngx_random() % (rds->backoff / 2 + 1);
+
+    rds->backoff = ngx_min(rds->backoff * 2, NGX_PRESENCE_BACKOFF_MAX);
+
+    ngx_add_timer(&rds->timer, delay);
+}
+
+
+static void
+ngx_presence_redis_timer_handler(ngx_event_t *ev)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = ev->data;
+
+    if (rds->state == NGX_PRESENCE_DOWN) {
+        ngx_presence_redis_connect();
+        return;
+    }
+
+    if (rds->state == NGX_PRESENCE_CONNECTING && rds->ac) {
+        ngx_presence_redis_connect_failed("timed out");
+        redisAsyncFree(rds->ac);
+    }
+}
+
+
+static void
+ngx_presence_redis_drop_handler(ngx_event_t *ev)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = ev->data;
+
+    if (rds->ac == NULL || rds->timeouts < NGX_PRESENCE_MAX_TIMEOUTS) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                  "presence: redis at \"%V\" did not answer %ui commands "
+                  "in time, reconnecting", &rds->conf->name, rds->timeouts);
+
+    /* every pending command now gets its callback with no reply */
+
+    redisAsyncFree(rds->ac);
+}
+
+
+static void
+ngx_presence_redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK) {
+        /* hiredis frees the context next; the cleanup reschedules */
+        ngx_presence_redis_connect_failed(ac->errstr);
+    }
+}
+
+
+static void
+ngx_presence_redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    if (status != REDIS_OK) {
+        ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                      "presence: lost the connection to redis at \"%V\": %s",
+                      &rds->conf->name, ac->errstr);
+    }
+}
+
+
+static void
+ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
+    void *privdata)
+{
+    redisReply            *reply;
+    ngx_presence_redis_t  *rds;
+
+    reply = r;
+    rds = &ngx_presence_redis;
+
+    if (reply == NULL || rds->ac != ac) {
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                      "presence: redis at \"%V\" refused the handshake: %*s",
+                      &rds->conf->name, (size_t) reply->len, reply->str);
+
+        /* deferred by hiredis until this callback returns */
+        redisAsyncFree(ac);
+        return;
+    }
+
+    if (--rds->handshake) {
+        return;
+    }
+
+    rds->state = NGX_PRESENCE_READY;
+    rds->backoff = NGX_PRESENCE_BACKOFF_MIN;
+    rds->failures = 0;
+
+    if (rds->timer.timer_set) {
+        ngx_del_timer(&rds->timer);
+    }
+
+    if (rds->connects++) {
+        ngx_presence_redis_stats.reconnects++;
+    }
+
+    ngx_presence_redis_stats.connected = 1;
+
+    ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
+                  "presence: connected to redis at \"%V\"", &rds->conf->name);
+}
+
+
+ngx_presence_cmd_t *
+ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
+    ngx_uint_t nargs, ngx_presence_reply_pt handler, void *data,
+    ngx_log_t *log)
+{
+    u_char                *p;
+    size_t                 size;
+    ngx_uint_t             i;
+    ngx_presence_cmd_t    *cmd;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    if (rds->ac == NULL || rds->state == NGX_PRESENCE_DOWN) {
+        return NULL;
+    }
+
+    /*
+     * The command keeps its own copy of the key and the arguments: after
+     * a NOSCRIPT it is sent again as EVAL, maybe after its request is gone.
+     */
+
+    size = sizeof(ngx_presence_cmd_t) + key->len;
+
+    for (i = 0; i < nargs; i++) {
+        size += args[i].len;
+    }
+
+    cmd = ngx_alloc(size, log);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->handler = handler;
+    cmd->data = data;
+    cmd->script = script;
+    cmd->retried = 0;
+    cmd->argc = 4 + nargs;
+
+    cmd->argv[0] = "EVALSHA";
+    cmd->argvlen[0] = 7;
+    cmd->argv[1] = (char *) ngx_presence_sha[script];
+    cmd->argvlen[1] = 40;
+    cmd->argv[2] = "1";
+    cmd->argvlen[2] = 1;
+
+    p = (u_char *) cmd + sizeof(ngx_presence_cmd_t);
+
+    cmd->argv[3] = (char *) p;
+    cmd->argvlen[3] = key->len;
+    p = ngx_cpymem(p, key->data, key->len);
+
+    for (i = 0; i < nargs; i++) {
+        cmd->argv[4 + i] = (char *) p;
+        cmd->argvlen[4 + i] = args[i].len;
+        p = ngx_cpymem(p, args[i].data, args[i].len);
+    }
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &cmd->start);
+
+    if (redisAsyncCommandArgv(rds->ac, ngx_presence_redis_reply, cmd,
+                              cmd->argc, cmd->argv, cmd->argvlen)
+        != REDIS_OK)
+    {
+        ngx_free(cmd);
+        return NULL;
+    }
+
+    ngx_presence_redis_stats.in_flight++;
+
+    return cmd;
+}
+
+
+void
+ngx_presence_redis_detach(ngx_presence_cmd_t *cmd)
+{
+    /* Redis answers in order: the command stays queued, its reply dropped */
+    cmd->data = NULL;
+}
+
+
+void
+ngx_presence_redis_timed_out(void)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    if (++rds->timeouts >= NGX_PRESENCE_MAX_TIMEOUTS
+        && rds->ac && !rds->drop.posted)
+    {
+        ngx_post_event(&rds->drop, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply            *reply;
+    struct timespec        now;
+    ngx_presence_cmd_t    *cmd;
+    ngx_presence_redis_t  *rds;
+
+    reply = r;
+    cmd = privdata;
+    rds = &ngx_presence_redis;
+
+    ngx_presence_redis_stats.in_flight--;
+
+    if (reply) {
+        rds->timeouts = 0;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &now);
+
+        ngx_presence_redis_stats.rtt_us_sum +=
+                             (now.tv_sec - cmd->start.tv_sec) * 1000000
+                             + (now.tv_nsec - cmd->start.tv_nsec) / 1000;
+        ngx_presence_redis_stats.rtt_count++;
+    }
+
+    if (cmd->data == NULL || rds->exiting) {
+        ngx_free(cmd);
+        return;
+    }
+
+    if (reply
+        && reply->type == REDIS_REPLY_ERROR
+        && !cmd->retried
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        /*
+         * The script cache was flushed (Redis restarted, SCRIPT FLUSH):
+         * send the script itself once, which also caches it again.
+         */
+
+        cmd->retried = 1;
+        cmd->argv[0] = "EVAL";
+        cmd->argvlen[0] = 4;
+        cmd->argv[1] = (char *) ngx_presence_scripts[cmd->script].data;
+        cmd->argvlen[1] = ngx_presence_scripts[cmd->script].len;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd,
+                                  cmd->argc, cmd->argv, cmd->argvlen)
+            == REDIS_OK)
+        {
+            ngx_presence_redis_stats.in_flight++;
+            return;
+        }
+
+        reply = NULL;
+    }
+
+    cmd->handler(cmd->data, reply);
+
+    ngx_free(cmd);
+}
+
+
+/*
+ * The event adapter.  hiredis calls these often and expects them to be
+ * idempotent.  The events are level-triggered: hiredis reads at most 16k
+ * per call, and an edge-triggered socket would stall a longer reply.
+ */
+
+static void
+ngx_presence_redis_add_read(void *data)
+{
+    ngx_connection_t  *c = data;
+
+    if (!c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "presence: cannot add the redis read event");
+        }
+    }
+}
+
+
+static void
+ngx_presence_redis_del_read(void *data)
+{
+    ngx_connection_t  *c = data;
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_presence_redis_add_write(void *data)
+{
+    ngx_connection_t  *c = data;
+
+    if (!c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "presence: cannot add the redis write event");
+        }
+    }
+}
+
+
+static void
+ngx_presence_redis_del_write(void *data)
+{
+    ngx_connection_t  *c = data;
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_presence_redis_cleanup(void *data)
+{
+    ngx_connection_t      *c = data;
+
+    redisAsyncContext     *ac;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+    ac = c->data;
+
+    /* hiredis may still call the hooks while it frees the context */
+    ac->ev.addRead = NULL;
+    ac->ev.delRead = NULL;
+    ac->ev.addWrite = NULL;
+    ac->ev.delWrite = NULL;
+    ac->ev.cleanup = NULL;
+    ac->ev.data = NULL;
+
+    ngx_close_connection(c);
+
+    /* the fd is closed: keep hiredis from closing a reused number */
+    ac->c.fd = -1;
+
+    if (rds->ac != ac) {
+        return;
+    }
+
+    rds->ac = NULL;
+    ngx_presence_redis_stats.connected = 0;
+
+    if (rds->timer.timer_set) {
+        ngx_del_timer(&rds->timer);
+    }
+
+    ngx_presence_redis_schedule();
+}
+
+
+static void
+ngx_presence_redis_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    /* either may be freed inside: touch neither afterwards */
+    redisAsyncHandleRead(c->data);
+}
+
+
+static void
+ngx_presence_redis_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    redisAsyncHandleWrite(c->data);
+}
