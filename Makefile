@@ -48,7 +48,7 @@ run: $(MODULE)
 	@tools/run
 
 test: $(MODULE)
-	@tools/deps test
+	@tools/deps test browser
 	TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) \
 	    prove $(PROVE_ARGS) t/
 
