@@ -662,7 +662,11 @@ ngx_http_presence_read_body(ngx_http_request_t *r, ngx_str_t *body)
     {
         b = cl->buf;
 
-        if (!b->in_file) {
+        if (ngx_buf_size(b) == 0) {
+            continue;
+        }
+
+        if (ngx_buf_in_memory(b)) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
             continue;
         }
