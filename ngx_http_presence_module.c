@@ -748,7 +748,10 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
     ngx_add_timer(&ctx->timeout, pmcf->redis.timeout);
 
     /* a client that goes away ends the request; the reply is dropped */
-    r->read_event_handler = ngx_http_test_reading;
+
+    if (!r->discard_body) {
+        r->read_event_handler = ngx_http_test_reading;
+    }
 
     return NGX_OK;
 }
@@ -1634,8 +1637,12 @@ ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* one presence handler per location */
 
-    if (plcf->handler) {
+    if (plcf->handler == cmd->offset) {
         return "is duplicate";
+    }
+
+    if (plcf->handler) {
+        return "conflicts with another presence handler in this location";
     }
 
     plcf->handler = cmd->offset;

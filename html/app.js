@@ -25,6 +25,7 @@
     name: '',          // the name we are (or are going) online as
     wanted: false,     // the person asked to be online
     online: false,     // a heartbeat for `name` has succeeded
+    hbFailing: false,  // ...but the latest one did not get through
     ttl: null,         // seconds, from the last reply
     hbTimer: null,
     hbSeq: 0,          // bumps cancel replies of older heartbeats
@@ -145,9 +146,13 @@
       $ttl.text(state.ttl);
       if (!state.online) {
         state.online = true;
+        state.hbFailing = false;
         store(KEY_ONLINE, '1');
         render();
         pollNow();
+      } else if (state.hbFailing) {
+        state.hbFailing = false;
+        render();
       }
       // the interval the server's TTL asks for: half of it
       state.hbTimer = setTimeout(heartbeat, Math.max(500, state.ttl * 500));
@@ -159,6 +164,10 @@
       var err = errorOf(xhr);
       if (isOutage(err)) {
         showOutage(err);
+        if (state.online && !state.hbFailing) {
+          state.hbFailing = true;
+          render();
+        }
         state.hbTimer = setTimeout(heartbeat, RETRY_MS);
         return;
       }
@@ -177,6 +186,7 @@
     state.hbTimer = null;
     state.wanted = false;
     state.online = false;
+    state.hbFailing = false;
   }
 
   function goOnline(name) {
@@ -349,11 +359,15 @@
   }
 
   function render() {
-    var st = state.online ? 'online' : state.wanted ? 'joining' : 'offline';
+    var st = state.online ? (state.hbFailing ? 'reconnecting' : 'online')
+      : state.wanted ? 'joining' : 'offline';
     $me.attr('data-state', st);
     if (st === 'online') {
       $meText.empty().append(document.createTextNode('You\'re online as '),
         $('<strong></strong>').text(state.name));
+    } else if (st === 'reconnecting') {
+      $meText.empty().append(document.createTextNode('Reconnecting as '),
+        $('<strong></strong>').text(state.name), document.createTextNode('…'));
     } else if (st === 'joining') {
       $meText.empty().append(document.createTextNode('Going online as '),
         $('<strong></strong>').text(state.name), document.createTextNode('…'));
