@@ -1,0 +1,89 @@
+#!/usr/bin/perl
+
+# Expiry with presence_ttl 1s: a user is online for the TTL after its last
+# heartbeat and not after, whatever else keeps the room's key alive; the
+# key itself goes when the last heartbeat is a TTL old.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time);
+use Presence::Test;
+
+need_module();
+
+my $r = start_redis();
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr });
+presence_redis %%REDIS%%;
+presence_ttl 1s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /hb     { presence_heartbeat; }
+    location = /online { presence_online; }
+}
+EOF
+
+my $KEY = 'presence:{global}';
+
+ok(wait_for(sub { $ng->get('/online')->{status} == 200 }, 5),
+   'module connected to redis');
+
+my $t0 = time;
+my $res = $ng->post('/hb', { user_id => 'alice' });
+$ng->post('/hb', { user_id => 'amy' });
+is($res->{status}, 200, 'heartbeat');
+like($res->{body}, qr/"ttl"\s*:\s*1\s*[,}]/, 'ttl is the number 1');
+
+my $pttl = $r->cmd('PTTL', $KEY);
+ok($pttl > 0 && $pttl <= 1000, 'PEXPIRE 1000') or diag $pttl;
+
+$res = $ng->get('/online?user_id=alice');
+my $ms = $res->{json}{expires_in_ms} // -1;
+ok($ms > 0 && $ms <= 1000, 'expires_in_ms within the ttl') or diag $ms;
+
+is_deeply($ng->get('/online')->{json}{users}, [qw(alice amy)],
+          'both listed at first');
+
+# bob keeps the room (and its key) alive; alice and amy stop
+my $gone = wait_for(sub {
+    $ng->post('/hb', { user_id => 'bob' })->{status} == 200 or return 0;
+    my $l = $ng->get('/online?user_id=alice');
+    return $l->{status} == 200 && !$l->{json}{online};
+}, 4, 0.1);
+my $after = time - $t0;
+ok($gone, 'alice offline after the ttl');
+ok($after >= 0.99, 'not before the ttl') or diag "after ${after}s";
+ok($after < 1.6, 'soon after the ttl') or diag "after ${after}s";
+like($ng->get('/online?user_id=alice')->{body}, qr/"expires_in_ms"\s*:\s*0\b/,
+     'expires_in_ms 0 once expired');
+
+$res = $ng->get('/online');
+is_deeply($res->{json}{users}, ['bob'], 'listing: only bob');
+is($res->{json}{count}, 1, 'count 1');
+is($r->cmd('ZSCORE', $KEY, 'alice'), undef, 'alice pruned from the set');
+is($r->cmd('ZSCORE', $KEY, 'amy'), undef, 'amy pruned from the set');
+is($r->cmd('ZCARD', $KEY), 1, 'ZCARD 1');
+
+$res = $ng->post('/hb', { user_id => 'bob' });
+is($res->{json}{online}, 1, 'heartbeat counts only who is online');
+
+# bob stops too: the key goes when his last heartbeat is a ttl old
+my $t1 = time;
+ok(wait_for(sub { !$r->cmd('EXISTS', $KEY) }, 3), 'key expired');
+my $keygone = time - $t1;
+ok($keygone >= 0.9, 'key not gone before the ttl') or diag "${keygone}s";
+is_deeply([$r->key_list], [], 'redis empty');
+
+$res = $ng->get('/online');
+is_deeply($res->{json}, { room => 'global', ttl => 1, count => 0,
+                          users => [] }, 'empty listing');
+like($res->{body}, qr/"users"\s*:\s*\[\s*\]/, 'users is an empty array');
+
+check_log($ng);
+
+done_testing;
