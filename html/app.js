@@ -15,6 +15,9 @@
   var API_LEAVE = 'api/leave';
   var API_ONLINE = 'api/online';
 
+  // Both timers are armed from a request's completion, never from a timer
+  // callback, so Chrome's heavy throttling of chained timers in hidden tabs
+  // (one wake-up a minute) does not apply: a background tab stays online.
   var POLL_MS = 2000;         // list refresh, start to start
   var RETRY_MS = 1000;        // heartbeat retry while the API is failing
   var TIMEOUT_MS = 8000;      // give up on one request after this
@@ -219,9 +222,17 @@
   // so the others see us leave now rather than when the TTL runs out.
   // A string body goes out as text/plain, which the module accepts.
   function leaveOnExit() {
-    if (state.wanted && state.name && navigator.sendBeacon) {
-      navigator.sendBeacon(API_LEAVE, JSON.stringify({ user_id: state.name }));
+    if (!state.wanted || !state.name) {
+      return;
     }
+    var body = JSON.stringify({ user_id: state.name });
+    if (navigator.sendBeacon && navigator.sendBeacon(API_LEAVE, body)) {
+      return;
+    }
+    try {   // no beacon, or its queue is full
+      fetch(API_LEAVE, { method: 'POST', body: body, keepalive: true,
+        headers: { 'Content-Type': 'text/plain;charset=UTF-8' } });
+    } catch (e) { /* nothing more to try: the TTL will drop us */ }
   }
 
   function poll() {
@@ -434,6 +445,13 @@
           state.hbSeq++;
           heartbeat();
         }
+        pollNow();
+      }
+    });
+
+    // Back to a tab that sat in the background: catch up at once.
+    document.addEventListener('visibilitychange', function () {
+      if (document.visibilityState === 'visible') {
         pollNow();
       }
     });
