@@ -23,6 +23,9 @@
 /* bytes of the MD5 of a listing that make its ETag */
 #define NGX_HTTP_PRESENCE_ETAG_LEN   8
 
+/* listings a worker keeps for presence_online_cache */
+#define NGX_HTTP_PRESENCE_CACHE_MAX  1024
+
 
 typedef struct {
     ngx_presence_redis_conf_t   redis;
@@ -39,11 +42,27 @@ typedef struct {
     ngx_uint_t                  online_limit;
     ngx_uint_t                  max_id_length;
     size_t                      max_body_size;
+    ngx_msec_t                  online_cache;
 
     /* the TTL as Redis takes it (ms) and as the JSON shows it (s) */
     ngx_str_t                   ttl_ms;
     ngx_str_t                   ttl_json;
 } ngx_http_presence_loc_conf_t;
+
+
+/*
+ * A listing kept by a worker for presence_online_cache, found by its
+ * location, Redis key and limit.
+ */
+
+typedef struct {
+    ngx_str_node_t              sn;
+    ngx_queue_t                 queue;
+    ngx_msec_t                  fetched;
+    ngx_str_t                   body;
+    ngx_str_t                   etag;
+    unsigned                    updating:1;
+} ngx_http_presence_cache_node_t;
 
 
 typedef struct {
@@ -53,7 +72,12 @@ typedef struct {
     ngx_uint_t                  script;
     ngx_str_t                   user;
     ngx_str_t                   room;
+    ngx_str_t                   key;
+    ngx_str_t                   arg;
     ngx_uint_t                  limit;
+
+    /* this request refreshes the cached listing */
+    ngx_http_presence_cache_node_t  *cache;
 } ngx_http_presence_ctx_t;
 
 
@@ -87,6 +111,15 @@ static ngx_http_presence_ctx_t *ngx_http_presence_create_ctx(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_presence_start(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx);
+static ngx_int_t ngx_http_presence_prepare(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
+static ngx_http_presence_cache_node_t *ngx_http_presence_cache_lookup(
+    ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx);
+static void ngx_http_presence_cache_store(
+    ngx_http_presence_cache_node_t *node, ngx_str_t *body, ngx_str_t *etag);
+static void ngx_http_presence_cache_evict(ngx_msec_t age);
+static ngx_int_t ngx_http_presence_send_listing(ngx_http_request_t *r,
+    ngx_str_t *body, ngx_str_t *etag);
 static ngx_int_t ngx_http_presence_fail(ngx_http_request_t *r,
     ngx_int_t rc);
 static ngx_int_t ngx_http_presence_eval_identity(ngx_http_request_t *r,
@@ -248,6 +281,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       offsetof(ngx_http_presence_loc_conf_t, max_id_length),
       &ngx_http_presence_id_length_bounds },
 
+    { ngx_string("presence_online_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, online_cache),
+      NULL },
+
     { ngx_string("presence_max_body_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -334,6 +374,13 @@ static ngx_http_complex_value_t  ngx_http_presence_default_room = {
 
 static ngx_str_t  ngx_http_presence_allow_post = ngx_string("POST");
 static ngx_str_t  ngx_http_presence_allow_get = ngx_string("GET, HEAD");
+
+
+/* the cached listings of this worker, oldest first in the queue */
+static ngx_rbtree_t       ngx_http_presence_cache;
+static ngx_rbtree_node_t  ngx_http_presence_cache_sentinel;
+static ngx_queue_t        ngx_http_presence_cache_queue;
+static ngx_uint_t         ngx_http_presence_cache_count;
 
 
 static ngx_int_t
@@ -454,11 +501,12 @@ ngx_http_presence_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_presence_online_handler(ngx_http_request_t *r)
 {
-    u_char                        *p;
-    ngx_int_t                      rc, limit;
-    ngx_str_t                      value;
-    ngx_http_presence_ctx_t       *ctx;
-    ngx_http_presence_loc_conf_t  *plcf;
+    u_char                          *p;
+    ngx_int_t                        rc, limit;
+    ngx_str_t                        value, body, etag;
+    ngx_http_presence_ctx_t         *ctx;
+    ngx_http_presence_loc_conf_t    *plcf;
+    ngx_http_presence_cache_node_t  *node;
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
@@ -513,7 +561,37 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
         ctx->script = NGX_PRESENCE_ONLINE;
     }
 
-    rc = ngx_http_presence_start(r, ctx);
+    rc = ngx_http_presence_prepare(r, ctx);
+    if (rc != NGX_OK) {
+        return ngx_http_presence_fail(r, rc);
+    }
+
+    if (ctx->script == NGX_PRESENCE_ONLINE && plcf->online_cache) {
+        node = ngx_http_presence_cache_lookup(r, ctx);
+
+        if (node) {
+            /*
+             * the node may change before a slow client has it all; its
+             * body and etag lie together in one allocation
+             */
+
+            body.len = node->body.len + node->etag.len;
+            body.data = ngx_pnalloc(r->pool, body.len);
+            if (body.data == NULL) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_memcpy(body.data, node->body.data, body.len);
+
+            etag.data = body.data + node->body.len;
+            etag.len = node->etag.len;
+            body.len = node->body.len;
+
+            return ngx_http_presence_send_listing(r, &body, &etag);
+        }
+    }
+
+    rc = ngx_http_presence_query(r, ctx);
 
     if (rc == NGX_OK) {
         r->main->count++;
@@ -588,6 +666,26 @@ ngx_http_presence_eval_identity(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_presence_start(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 {
+    ngx_int_t  rc;
+
+    rc = ngx_http_presence_prepare(r, ctx);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_presence_query(r, ctx);
+}
+
+
+/*
+ * The room and the Redis key, followed in the same buffer by the listing
+ * limit, which makes the key of the cached listing too.
+ */
+
+static ngx_int_t
+ngx_http_presence_prepare(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
+{
+    u_char                        *p;
     ngx_http_presence_loc_conf_t  *plcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
@@ -602,7 +700,24 @@ ngx_http_presence_start(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
         return NGX_HTTP_PRESENCE_ERR_ROOM;
     }
 
-    return ngx_http_presence_query(r, ctx);
+    /* the braces make the room a Redis Cluster hash tag */
+
+    ctx->key.len = plcf->key_prefix.len + ctx->room.len + 2;
+    ctx->key.data = ngx_pnalloc(r->pool, ctx->key.len + NGX_INT_T_LEN);
+    if (ctx->key.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(ctx->key.data, plcf->key_prefix.data,
+                   plcf->key_prefix.len);
+    *p++ = '{';
+    p = ngx_cpymem(p, ctx->room.data, ctx->room.len);
+    *p++ = '}';
+
+    ctx->arg.data = p;
+    ctx->arg.len = ngx_sprintf(p, "%ui", ctx->limit) - p;
+
+    return NGX_OK;
 }
 
 
@@ -695,27 +810,13 @@ ngx_http_presence_read_body(ngx_http_request_t *r, ngx_str_t *body)
 static ngx_int_t
 ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 {
-    u_char                         *p;
-    ngx_str_t                       key, args[NGX_PRESENCE_MAX_ARGS];
+    ngx_str_t                       args[NGX_PRESENCE_MAX_ARGS];
     ngx_uint_t                      nargs;
     ngx_http_presence_loc_conf_t   *plcf;
     ngx_http_presence_main_conf_t  *pmcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    /* the braces make the room a Redis Cluster hash tag */
-
-    key.len = plcf->key_prefix.len + ctx->room.len + 2;
-    key.data = ngx_pnalloc(r->pool, key.len + NGX_INT_T_LEN);
-    if (key.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(key.data, plcf->key_prefix.data, plcf->key_prefix.len);
-    *p++ = '{';
-    p = ngx_cpymem(p, ctx->room.data, ctx->room.len);
-    *p++ = '}';
 
     switch (ctx->script) {
 
@@ -726,8 +827,7 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
         break;
 
     case NGX_PRESENCE_ONLINE:
-        args[0].data = p;
-        args[0].len = ngx_sprintf(p, "%ui", ctx->limit) - p;
+        args[0] = ctx->arg;
         nargs = 1;
         break;
 
@@ -737,7 +837,7 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
         break;
     }
 
-    ctx->cmd = ngx_presence_redis_eval(ctx->script, &key, args, nargs,
+    ctx->cmd = ngx_presence_redis_eval(ctx->script, &ctx->key, args, nargs,
                                        ngx_http_presence_reply, ctx,
                                        r->connection->log);
 
@@ -769,6 +869,13 @@ ngx_http_presence_cleanup(void *data)
 
     if (ctx->timeout.timer_set) {
         ngx_del_timer(&ctx->timeout);
+    }
+
+    /* a refresh that failed: the next request tries again */
+
+    if (ctx->cache) {
+        ctx->cache->updating = 0;
+        ctx->cache = NULL;
     }
 }
 
@@ -903,13 +1010,10 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     u_char                         digest[16], *etag;
     size_t                         len, i;
     ngx_buf_t                     *b;
-    ngx_str_t                     *users, value;
+    ngx_str_t                     *users, value, body;
     ngx_md5_t                      md5;
     redisReply                    *list;
-    ngx_table_elt_t               *h;
     ngx_http_presence_loc_conf_t  *plcf;
-
-    static ngx_str_t  etag_name = ngx_string("ETag");
 
     if (reply->type != REDIS_REPLY_ARRAY
         || reply->elements != 2
@@ -994,7 +1098,30 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     *etag++ = '"';
     value.len = etag - value.data;
 
-    if (ngx_http_presence_add_header(r, &etag_name, &value, &h) != NGX_OK) {
+    body.data = b->pos;
+    body.len = b->last - b->pos;
+
+    if (ctx->cache) {
+        ngx_http_presence_cache_store(ctx->cache, &body, &value);
+        ctx->cache = NULL;
+    }
+
+    return ngx_http_presence_send_listing(r, &body, &value);
+}
+
+
+/* body and etag must live as long as the request */
+
+static ngx_int_t
+ngx_http_presence_send_listing(ngx_http_request_t *r, ngx_str_t *body,
+    ngx_str_t *etag)
+{
+    ngx_buf_t        *b;
+    ngx_table_elt_t  *h;
+
+    static ngx_str_t  etag_name = ngx_string("ETag");
+
+    if (ngx_http_presence_add_header(r, &etag_name, etag, &h) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -1002,12 +1129,172 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
 
     if (r->headers_in.if_none_match
         && ngx_http_presence_etag_match(&r->headers_in.if_none_match->value,
-                                        &value))
+                                        etag))
     {
         return ngx_http_presence_send(r, NGX_HTTP_NOT_MODIFIED, NULL);
     }
 
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = body->data;
+    b->last = body->data + body->len;
+    b->memory = 1;
+
     return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+}
+
+
+/*
+ * presence_online_cache.  Returns the node to answer from: a copy younger
+ * than the setting, or an older one while another request refreshes it.
+ * NULL: ask Redis; ctx->cache is then the node this request refreshes.
+ * A copy is never used without a refresh on its way once it is too old.
+ */
+
+static ngx_http_presence_cache_node_t *
+ngx_http_presence_cache_lookup(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    u_char                          *p;
+    size_t                           len;
+    uint32_t                         hash;
+    ngx_str_t                        key;
+    ngx_http_presence_loc_conf_t    *plcf;
+    ngx_http_presence_cache_node_t  *node;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    /* the location makes part of the key: the body shows its ttl */
+
+    key.len = sizeof(void *) + ctx->key.len + ctx->arg.len;
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return NULL;
+    }
+
+    p = ngx_cpymem(key.data, &plcf, sizeof(void *));
+    ngx_memcpy(p, ctx->key.data, ctx->key.len + ctx->arg.len);
+
+    hash = ngx_crc32_long(key.data, key.len);
+
+    node = (ngx_http_presence_cache_node_t *)
+               ngx_str_rbtree_lookup(&ngx_http_presence_cache, &key, hash);
+
+    if (node) {
+        if (node->body.data
+            && (ngx_current_msec - node->fetched < plcf->online_cache
+                || node->updating))
+        {
+            return node;
+        }
+
+        if (!node->updating) {
+            node->updating = 1;
+            ctx->cache = node;
+        }
+
+        return NULL;
+    }
+
+    ngx_http_presence_cache_evict(plcf->online_cache);
+
+    if (ngx_http_presence_cache_count >= NGX_HTTP_PRESENCE_CACHE_MAX) {
+        return NULL;
+    }
+
+    len = sizeof(ngx_http_presence_cache_node_t) + key.len;
+
+    node = ngx_calloc(len, r->connection->log);
+    if (node == NULL) {
+        return NULL;
+    }
+
+    node->sn.node.key = hash;
+    node->sn.str.data = (u_char *) node
+                        + sizeof(ngx_http_presence_cache_node_t);
+    node->sn.str.len = key.len;
+    ngx_memcpy(node->sn.str.data, key.data, key.len);
+
+    ngx_rbtree_insert(&ngx_http_presence_cache, &node->sn.node);
+    ngx_queue_insert_tail(&ngx_http_presence_cache_queue, &node->queue);
+    ngx_http_presence_cache_count++;
+
+    node->updating = 1;
+    ctx->cache = node;
+
+    return NULL;
+}
+
+
+static void
+ngx_http_presence_cache_store(ngx_http_presence_cache_node_t *node,
+    ngx_str_t *body, ngx_str_t *etag)
+{
+    u_char  *p;
+
+    node->updating = 0;
+
+    p = ngx_alloc(body->len + etag->len, ngx_cycle->log);
+    if (p == NULL) {
+        return;
+    }
+
+    if (node->body.data) {
+        ngx_free(node->body.data);
+    }
+
+    node->body.data = p;
+    node->body.len = body->len;
+    p = ngx_cpymem(p, body->data, body->len);
+
+    node->etag.data = p;
+    node->etag.len = etag->len;
+    ngx_memcpy(p, etag->data, etag->len);
+
+    node->fetched = ngx_current_msec;
+
+    ngx_queue_remove(&node->queue);
+    ngx_queue_insert_tail(&ngx_http_presence_cache_queue, &node->queue);
+}
+
+
+/*
+ * Frees the oldest listings that are past their age, and the oldest one
+ * anyway when the cache is full; never one that a request is refreshing.
+ */
+
+static void
+ngx_http_presence_cache_evict(ngx_msec_t age)
+{
+    ngx_queue_t                     *q;
+    ngx_http_presence_cache_node_t  *node;
+
+    while (!ngx_queue_empty(&ngx_http_presence_cache_queue)) {
+
+        q = ngx_queue_head(&ngx_http_presence_cache_queue);
+        node = ngx_queue_data(q, ngx_http_presence_cache_node_t, queue);
+
+        if (node->updating
+            || (ngx_current_msec - node->fetched < age
+                && ngx_http_presence_cache_count
+                   < NGX_HTTP_PRESENCE_CACHE_MAX))
+        {
+            return;
+        }
+
+        ngx_queue_remove(q);
+        ngx_rbtree_delete(&ngx_http_presence_cache, &node->sn.node);
+        ngx_http_presence_cache_count--;
+
+        if (node->body.data) {
+            ngx_free(node->body.data);
+        }
+
+        ngx_free(node);
+    }
 }
 
 
@@ -1408,6 +1695,11 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    ngx_rbtree_init(&ngx_http_presence_cache,
+                    &ngx_http_presence_cache_sentinel,
+                    ngx_str_rbtree_insert_value);
+    ngx_queue_init(&ngx_http_presence_cache_queue);
+
     return ngx_presence_redis_init_process(cycle, &pmcf->redis);
 }
 
@@ -1501,6 +1793,7 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
     plcf->online_limit = NGX_CONF_UNSET_UINT;
     plcf->max_id_length = NGX_CONF_UNSET_UINT;
     plcf->max_body_size = NGX_CONF_UNSET_SIZE;
+    plcf->online_cache = NGX_CONF_UNSET_MSEC;
 
     return plcf;
 }
@@ -1524,6 +1817,7 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->max_id_length, prev->max_id_length, 128);
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               4096);
+    ngx_conf_merge_msec_value(conf->online_cache, prev->online_cache, 0);
 
     room = conf->room;
 
