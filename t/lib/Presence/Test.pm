@@ -31,7 +31,7 @@ use Time::HiRes qw(time sleep);
 our @EXPORT = qw(
     need_module start_redis start_nginx fake_redis test_config
     wait_for check_log free_port slurp spew
-    fake_std resp_int resp_bulk resp_array resp_err resp_status resp_nil
+    fake_std fake_reply resp_int resp_bulk resp_array resp_err resp_status resp_nil
     api_error_ok json_ok
 );
 
@@ -225,6 +225,14 @@ sub resp_parse {
 
     die "resp_parse: unexpected type byte " . sprintf('0x%02x', ord $type)
         . "\n";
+}
+
+# inside a fake's handler: the reply the test set with $fake->set_reply
+sub fake_reply {
+    my ($state, $name) = @_;
+    my $f = "$state->{dir}/reply.$name";
+    return undef unless -e $f;
+    return slurp($f);
 }
 
 sub resp_command {
@@ -681,14 +689,18 @@ package Presence::Test::FakeRedis;
 #       CODE    - a deferred reply: called every 20 ms until it returns
 #                 bytes (or \'close'); later replies on the connection wait
 #                 behind it, as in Redis
+#       ARRAY   - the reply in pieces, 30 ms apart
 #   fake_redis(mode => 'silent')   never answers anything
 #   fake_redis(mode => 'close')    closes each connection on accept
 #   fake_redis(mode => 'error')    -ERR to every command
 #   fake_redis(mode => 'stall')    handshake answered, nothing else
 #
 # $state is per fake: {conn => connection number, n => command number,
-# scripts => {sha => text}}.  Every command received is logged; read them
-# with $fake->commands.
+# scripts => {sha => text}, dir => the fake's directory}.  Every command
+# received is logged; read them with $fake->commands.  The test process
+# steers a running fake through files in dir: $fake->set_reply(NAME,
+# bytes) writes dir/reply.NAME, which a handler reads with
+# fake_reply($state, NAME).
 
 use Carp qw(croak);
 use IO::Select;
@@ -726,7 +738,7 @@ sub new {
     if (!$pid) {
         $SIG{TERM} = sub { _exit(0) };
         $SIG{PIPE} = 'IGNORE';
-        eval { _serve($listen, $self->{log}, $mode, $handler) };
+        eval { _serve($listen, $self->{log}, $mode, $handler, $dir) };
         if ($@) {
             if (open my $fh, '>>', "$dir/error") { print {$fh} $@ }
         }
@@ -739,12 +751,12 @@ sub new {
 }
 
 sub _serve {
-    my ($listen, $logfile, $mode, $handler) = @_;
+    my ($listen, $logfile, $mode, $handler, $dir) = @_;
     open my $log, '>>', $logfile or die "$logfile: $!";
     $log->autoflush(1);
     my $sel = IO::Select->new($listen);
     my %conn;
-    my $state = { conn => 0, n => 0, scripts => {} };
+    my $state = { conn => 0, n => 0, scripts => {}, dir => $dir };
 
     my $drop = sub {
         my ($c) = @_;
@@ -798,14 +810,19 @@ sub _serve {
                 last if ref $c->{q}[0] eq 'CODE' && !defined $x;
                 shift @{ $c->{q} };
                 next unless defined $x;
-                if (ref $x) {
+                if (ref $x eq 'SCALAR') {
                     $drop->($c);
                     last;
                 }
-                while (length $x) {
-                    my $n = syswrite $c->{sock}, $x;
-                    last unless defined $n;
-                    substr($x, 0, $n, '');
+                my @pieces = ref $x eq 'ARRAY' ? @$x : ($x);
+                for my $i (0 .. $#pieces) {
+                    sleep 0.03 if $i;
+                    my $out = $pieces[$i];
+                    while (length $out) {
+                        my $n = syswrite $c->{sock}, $out;
+                        last unless defined $n;
+                        substr($out, 0, $n, '');
+                    }
                 }
             }
         }
@@ -821,6 +838,24 @@ sub commands {
     my ($self) = @_;
     return map { [map { pack 'H*', $_ } split / /, $_, -1] }
            grep { !/^[+!]/ } split /\n/, Presence::Test::slurp($self->{log});
+}
+
+# what fake_reply($state, $name) returns from now on (undef: nothing)
+sub set_reply {
+    my ($self, $name, $bytes) = @_;
+    my $f = "$self->{dir}/reply.$name";
+    if (!defined $bytes) {
+        unlink $f;
+        return;
+    }
+    Presence::Test::spew("$f.tmp", $bytes);
+    rename "$f.tmp", $f or croak "rename $f: $!";
+}
+
+# a file flag the handler can test: $fake->touch('release'), -e "$dir/release"
+sub touch {
+    my ($self, $name) = @_;
+    Presence::Test::spew("$self->{dir}/$name", '');
 }
 
 # how many connections were accepted so far

@@ -1,0 +1,360 @@
+#!/usr/bin/perl
+
+# Against fake Redis servers (t/lib: RESP on IO::Socket in a child): the
+# exact commands the module sends (AUTH, SELECT, SCRIPT LOAD x4, then
+# EVALSHA with key and arguments; EVAL after NOSCRIPT), the replies it
+# must refuse (wrong types, errors), servers that never answer, close at
+# once or answer -ERR to everything, a reply of more than 100 KiB, a reply
+# in pieces, and late replies after a timeout.  One config template,
+# started once per fake.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Digest::SHA qw(sha1_hex);
+use Test::More;
+use Time::HiRes qw(time);
+use Presence::Test;
+
+need_module();
+
+my $TEMPLATE = <<'EOF';
+presence_redis %%REDIS%%;
+presence_redis_password pw;
+presence_redis_db 2;
+presence_redis_timeout 300ms;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /hb     { presence_heartbeat; }
+    location = /leave  { presence_leave; }
+    location = /online { presence_online; }
+    location = /static { }
+}
+EOF
+
+sub nginx_for {
+    my ($fake) = @_;
+    return start_nginx($TEMPLATE, vars => { REDIS => $fake->addr },
+                       files => { static => 'static' });
+}
+
+# handshake as Redis does it, then whatever the test set per command name
+my $scripted = sub {
+    my ($argv, $st) = @_;
+    return fake_std($argv, $st) // fake_reply($st, uc $argv->[0]);
+};
+
+sub loaded {
+    my ($fake) = @_;
+    return grep { uc $_->[0] eq 'SCRIPT' } $fake->commands;
+}
+
+sub evals {
+    my ($fake) = @_;
+    return grep { $_->[0] =~ /^EVAL/i } $fake->commands;
+}
+
+my $KEY = 'presence:{global}';
+
+###########################################################################
+# the protocol
+
+{
+    my $fake = fake_redis(handler => $scripted);
+    $fake->set_reply('EVALSHA', resp_int(5));
+    my $ng = nginx_for($fake);
+
+    my $res;
+    ok(wait_for(sub {
+        $res = $ng->post('/hb', { user_id => 'alice' });
+        $res->{status} == 200;
+    }, 5), 'heartbeat through the fake');
+    is_deeply($res->{json},
+              { user_id => 'alice', room => 'global', ttl => 10, online => 5 },
+              '  online is the integer redis answered');
+
+    my @cmds = $fake->commands;
+    is_deeply([map { [@$_[0 .. 1]] } @cmds[0 .. 1]], [['AUTH', 'pw'], ['SELECT', '2']],
+              'AUTH then SELECT first');
+    my @load = @cmds[2 .. 5];
+    is_deeply([map { uc "$_->[0] $_->[1]" } @load], [('SCRIPT LOAD') x 4],
+              'then SCRIPT LOAD four times');
+    my %sha = map { sha1_hex($_->[2]) => $_->[2] } @load;
+    is(scalar keys %sha, 4, '  four different scripts');
+    my @rest = @cmds[6 .. $#cmds];
+    is(scalar @rest, 1, 'then one command for the heartbeat');
+    my $e = $rest[0];
+    is(uc $e->[0], 'EVALSHA', '  EVALSHA');
+    ok($sha{ $e->[1] }, '  with the SHA1 of a loaded script');
+    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice', '10000'],
+              '  1 key, the key, the user, the ttl in ms');
+    my $hb_sha = $e->[1];
+
+    # leave
+    $fake->set_reply('EVALSHA', resp_int(4));
+    $res = $ng->post('/leave', { user_id => 'alice' });
+    is_deeply($res->{json}, { user_id => 'alice', room => 'global', online => 4 },
+              'leave: online is the integer redis answered');
+    $e = (evals($fake))[-1];
+    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice'], '  EVALSHA 1 key user');
+    ok($sha{ $e->[1] } && $e->[1] ne $hb_sha, '  with another script');
+    my $leave_sha = $e->[1];
+
+    # online: [count, members most recent first]
+    $fake->set_reply('EVALSHA', resp_array(resp_int(7),
+        resp_array(map { resp_bulk($_) } qw(zed amy Bob))));
+    $res = $ng->get('/online');
+    json_ok($res, 'online through the fake');
+    is_deeply($res->{json}, { room => 'global', ttl => 10, count => 7,
+                              users => [qw(Bob amy zed)] },
+              '  count from redis, members sorted');
+    $e = (evals($fake))[-1];
+    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, '1000'],
+              '  EVALSHA 1 key limit (default 1000)');
+    my $online_sha = $e->[1];
+    ok($sha{$online_sha} && $online_sha ne $hb_sha
+       && $online_sha ne $leave_sha, '  with a third script');
+
+    $res = $ng->get('/online?limit=2');
+    $e = (evals($fake))[-1];
+    is($e->[-1], '2', '?limit=2 is passed to the script');
+    $res = $ng->get('/online?limit=0');
+    $e = (evals($fake))[-1];
+    ok($res->{status} == 200 && $e->[-1] eq '0', '?limit=0 is passed as 0')
+        or diag $res->{raw};
+
+    # lookup
+    $fake->set_reply('EVALSHA', resp_int(7312));
+    $res = $ng->get('/online?user_id=alice');
+    is_deeply($res->{json}, { user_id => 'alice', online => JSON::PP::true(),
+                              expires_in_ms => 7312 },
+              'lookup: expires_in_ms is what redis answered');
+    $e = (evals($fake))[-1];
+    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice'], '  EVALSHA 1 key user');
+    ok($sha{ $e->[1] } && !grep({ $_ eq $e->[1] } $hb_sha, $leave_sha,
+                                $online_sha), '  with the fourth script');
+
+    $fake->set_reply('EVALSHA', resp_int(0));
+    $res = $ng->get('/online?user_id=alice');
+    is_deeply($res->{json}, { user_id => 'alice', online => JSON::PP::false(),
+                              expires_in_ms => 0 }, 'lookup: 0 is offline');
+
+    is($fake->connections, 1, 'all of it on one connection');
+
+    #######################################################################
+    # NOSCRIPT -> EVAL with the script text
+
+    $fake->set_reply('EVALSHA', resp_err('NOSCRIPT No matching script.'));
+    $fake->set_reply('EVAL', resp_int(9));
+    $res = $ng->post('/hb', { user_id => 'bob' });
+    is($res->{status}, 200, 'NOSCRIPT: heartbeat still succeeds');
+    is($res->{json}{online}, 9, '  with the reply to EVAL');
+    my @last = (evals($fake))[-2, -1];
+    is(uc $last[0][0], 'EVALSHA', '  EVALSHA first');
+    is(uc $last[1][0], 'EVAL', '  then EVAL');
+    is(sha1_hex($last[1][1]), $hb_sha, '  of the heartbeat script');
+    is_deeply([@{ $last[1] }[2 .. 5]], ['1', $KEY, 'bob', '10000'],
+              '  with the same key and arguments');
+
+    $fake->set_reply('EVAL', resp_err('ERR still broken'));
+    $res = $ng->post('/hb', { user_id => 'bob' });
+    api_error_ok($res, 503, 'redis_unavailable', 'NOSCRIPT, then EVAL fails: 503');
+
+    #######################################################################
+    # replies of the wrong shape: 503, and the next good one works
+
+    my @wrong = (
+        ['/hb',     'a bulk string',   resp_bulk('5')],
+        ['/hb',     'nil',             resp_nil()],
+        ['/hb',     'a status',        resp_status('OK')],
+        ['/hb',     'an array',        resp_array(resp_int(1))],
+        ['/hb',     'an error',        resp_err('ERR boom')],
+        ['/leave',  'a bulk string',   resp_bulk('x')],
+        ['/leave',  'an error',        resp_err('WRONGTYPE Operation')],
+        ['/online', 'an integer',      resp_int(3)],
+        ['/online', 'an empty array',  resp_array()],
+        ['/online', '[int]',           resp_array(resp_int(3))],
+        ['/online', '[int, int]',      resp_array(resp_int(3), resp_int(3))],
+        ['/online', '[bulk, array]',   resp_array(resp_bulk('3'),
+                                                  resp_array(resp_bulk('a')))],
+        ['/online', '[int, [int]]',    resp_array(resp_int(1),
+                                                  resp_array(resp_int(1)))],
+        ['/online', 'nil array',       "*-1\r\n"],
+        ['/online', 'an error',        resp_err('ERR boom')],
+        ['/online?user_id=a', 'a bulk string', resp_bulk('1000')],
+        ['/online?user_id=a', 'an array', resp_array(resp_int(1))],
+        ['/online?user_id=a', 'an error', resp_err('ERR boom')],
+    );
+    for my $w (@wrong) {
+        my ($path, $what, $bytes) = @$w;
+        $fake->set_reply('EVALSHA', $bytes);
+        $res = $path =~ /online/ ? $ng->get($path)
+                                 : $ng->post($path, { user_id => 'a' });
+        api_error_ok($res, 503, 'redis_unavailable', "$path, redis answers $what: 503");
+    }
+    $fake->set_reply('EVALSHA', resp_int(2));
+    ok(wait_for(sub { $ng->post('/hb', { user_id => 'a' })->{status} == 200 }, 3),
+       'a good reply afterwards: 200');
+
+    #######################################################################
+    # more than 100 KiB in one reply (hiredis reads 16 KiB at a time)
+
+    my @members = map { sprintf('%04d', $_) . ('m' x 124) } 0 .. 999;
+    my $big = resp_array(resp_int(1000),
+                         resp_array(map { resp_bulk($_) } reverse @members));
+    ok(length $big > 100 * 1024, 'a reply of ' . length($big) . ' bytes');
+    $fake->set_reply('EVALSHA', $big);
+    for my $try (1 .. 3) {
+        $res = $ng->get('/online');
+        is($res->{status}, 200, "big listing $try: 200");
+        is($res->{json}{count}, 1000, '  count 1000');
+        is_deeply($res->{json}{users}, \@members, '  all 1000 members, sorted');
+        ok($res->{elapsed} < 0.3, '  without waiting for a timeout')
+            or diag "$res->{elapsed}s";
+    }
+
+    check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# a reply in pieces
+
+{
+    my $fake = fake_redis(handler => sub {
+        my ($argv, $st) = @_;
+        return fake_std($argv, $st) // [":4", "2\r", "\n"];
+    });
+    my $ng = nginx_for($fake);
+    my $res;
+    ok(wait_for(sub {
+        $res = $ng->post('/hb', { user_id => 'p' });
+        $res->{status} == 200;
+    }, 5), 'a reply that arrives in three pieces');
+    is($res->{json}{online}, 42, '  is put together');
+    check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# a timed-out command's late reply is not given to the next request
+
+{
+    my $fake = fake_redis(handler => sub {
+        my ($argv, $st) = @_;
+        my $std = fake_std($argv, $st);
+        return $std if defined $std;
+        my $k = ++$st->{evals};
+        my $reply = resp_int($k);
+        return $reply if $k != 2;
+        # the second one waits until the test lets it go
+        return sub { -e "$st->{dir}/release" ? $reply : undef };
+    });
+    my $ng = nginx_for($fake);
+    ok(wait_for(sub { $ng->post('/hb', { user_id => 'a' })->{status} == 200 }, 5),
+       'first heartbeat answered (reply 1)');
+
+    my $res = $ng->post('/hb', { user_id => 'b' });
+    api_error_ok($res, 504, 'redis_timeout', 'second is held back: 504');
+    ok($res->{elapsed} >= 0.29 && $res->{elapsed} < 0.7,
+       '  at about the timeout') or diag "$res->{elapsed}s";
+
+    my $p = $ng->send_request('POST', '/hb', body => '{"user_id":"c"}',
+                              headers => ['Content-Type' => 'application/json']);
+    ok(wait_for(sub { (evals($fake)) >= 3 }, 2), 'third command sent');
+    $fake->touch('release');
+    $res = $p->finish(5);
+    is($res->{status}, 200, 'third heartbeat answered');
+    is($res->{json}{online}, 3, '  with its own reply, not the late one');
+    $res = $ng->post('/hb', { user_id => 'd' });
+    is($res->{json}{online}, 4, 'fourth: its own reply');
+    check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# a server that accepts and never answers, not even the handshake
+
+{
+    my $fake = fake_redis(mode => 'silent');
+    my $ng = nginx_for($fake);
+    ok(wait_for(sub { $fake->connections >= 1 }, 3), 'silent: connected');
+    for (1 .. 3) {
+        my $res = $ng->post('/hb', { user_id => 'a' });
+        ok($res->{status} == 504 || $res->{status} == 503,
+           "silent redis, request $_: 504 or 503") or diag $res->{raw};
+        ok($res->{elapsed} < 0.7, '  in bounded time') or diag "$res->{elapsed}s";
+    }
+    is($ng->get('/static')->{status}, 200, 'static still served');
+    check_log($ng);
+    $fake->stop;
+}
+
+# handshake answered, commands never
+{
+    my $fake = fake_redis(mode => 'stall');
+    my $ng = nginx_for($fake);
+    ok(wait_for(sub { loaded($fake) >= 4 }, 3), 'stall: handshake done');
+    my $res;
+    ok(wait_for(sub {
+        $res = $ng->post('/hb', { user_id => 'a' });
+        $res->{status} != 503;
+    }, 3), 'stall: the module is ready');
+    api_error_ok($res, 504, 'redis_timeout', 'commands never answered: 504');
+    ok($res->{elapsed} >= 0.29 && $res->{elapsed} < 0.7, '  after the timeout')
+        or diag "$res->{elapsed}s";
+    check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# a server that closes every connection at once
+
+{
+    my $fake = fake_redis(mode => 'close');
+    my $ng = nginx_for($fake);
+    ok(wait_for(sub { $fake->connections >= 1 }, 3), 'close: connected');
+    my $t0 = time;
+    my ($n, $bad) = (0, 0);
+    while (time - $t0 < 1.5) {
+        my $res = $ng->post('/hb', { user_id => 'a' });
+        $n++;
+        $bad++ unless $res->{status} == 503 && $res->{elapsed} < 0.3
+                      && ($res->{json}{error} // '') eq 'redis_unavailable';
+    }
+    is($bad, 0, "closed at once: $n requests, each a quick 503");
+    my $c = $fake->connections;
+    ok($c >= 2, "  the worker kept retrying ($c connections in 1.5 s)");
+    ok($c <= 20, '  with a backoff, not in a tight loop');
+    is($ng->get('/static')->{status}, 200, 'static still served');
+    check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# -ERR to everything, the handshake included
+
+{
+    my $fake = fake_redis(mode => 'error');
+    my $ng = nginx_for($fake);
+    ok(wait_for(sub { $fake->connections >= 1 }, 3), 'error: connected');
+    my $t0 = time;
+    my $bad = 0;
+    while (time - $t0 < 1.5) {
+        my $res = $ng->post('/hb', { user_id => 'a' });
+        $bad++ unless $res->{status} == 503 && $res->{elapsed} < 0.3;
+    }
+    is($bad, 0, 'handshake refused: every request a quick 503');
+    my $c = $fake->connections;
+    ok($c >= 2, "  the connection is dropped and retried ($c in 1.5 s)");
+    ok($c <= 20, '  with a backoff');
+    like($ng->log_text, qr/\[error\].*redis/i, '  the failure is logged');
+    check_log($ng);
+    $fake->stop;
+}
+
+done_testing;
