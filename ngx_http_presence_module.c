@@ -19,6 +19,7 @@
 #define NGX_HTTP_PRESENCE_HEARTBEAT  1
 #define NGX_HTTP_PRESENCE_LEAVE      2
 #define NGX_HTTP_PRESENCE_ONLINE     3
+#define NGX_HTTP_PRESENCE_STATUS     4
 
 /* bytes of the MD5 of a listing that make its ETag */
 #define NGX_HTTP_PRESENCE_ETAG_LEN   8
@@ -26,9 +27,19 @@
 /* listings a worker keeps for presence_online_cache */
 #define NGX_HTTP_PRESENCE_CACHE_MAX  1024
 
+/* worker slots in the status zone: old and new workers during a reload */
+#define NGX_HTTP_PRESENCE_WORKERS    256
+
+
+typedef struct {
+    ngx_presence_counters_t     counters;
+    ngx_presence_worker_t       workers[NGX_HTTP_PRESENCE_WORKERS];
+} ngx_http_presence_shctx_t;
+
 
 typedef struct {
     ngx_presence_redis_conf_t   redis;
+    ngx_shm_zone_t             *shm_zone;
     ngx_flag_t                  used;
 } ngx_http_presence_main_conf_t;
 
@@ -152,6 +163,17 @@ ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
 ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
 
+static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);
+static u_char *ngx_http_presence_status_json(u_char *p,
+    ngx_http_presence_shctx_t *sh);
+static u_char *ngx_http_presence_status_prometheus(u_char *p,
+    ngx_http_presence_shctx_t *sh);
+static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
+static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_http_presence_claim_slot(ngx_cycle_t *cycle,
+    ngx_http_presence_shctx_t *sh);
+
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
 static void *ngx_http_presence_create_main_conf(ngx_conf_t *cf);
@@ -267,6 +289,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       NGX_HTTP_PRESENCE_ONLINE,
       NULL },
 
+    { ngx_string("presence_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_content,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_STATUS,
+      NULL },
+
     { ngx_string("presence_online_limit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,
@@ -374,6 +403,48 @@ static ngx_http_complex_value_t  ngx_http_presence_default_room = {
 
 static ngx_str_t  ngx_http_presence_allow_post = ngx_string("POST");
 static ngx_str_t  ngx_http_presence_allow_get = ngx_string("GET, HEAD");
+
+
+/* presence_status: name, what it counts, where */
+
+typedef struct {
+    ngx_str_t                   name;
+    ngx_str_t                   help;
+    size_t                      offset;
+} ngx_http_presence_counter_t;
+
+
+#define ngx_http_presence_counter(name, help)                                 \
+    { ngx_string(#name), ngx_string(help),                                    \
+      offsetof(ngx_presence_counters_t, name) }
+
+static ngx_http_presence_counter_t  ngx_http_presence_counter_list[] = {
+    ngx_http_presence_counter(heartbeats, "Heartbeats answered 200."),
+    ngx_http_presence_counter(leaves, "Leaves answered 200."),
+    ngx_http_presence_counter(listings,
+                              "Listings and lookups answered 200 or 304."),
+    ngx_http_presence_counter(client_errors,
+                              "Requests answered with a 4xx error."),
+    ngx_http_presence_counter(redis_unavailable,
+                              "Requests answered 503: Redis unavailable."),
+    ngx_http_presence_counter(redis_timeouts,
+                              "Requests answered 504: Redis too slow."),
+    ngx_http_presence_counter(redis_reconnects,
+                              "Redis connections opened again after a drop."),
+    ngx_http_presence_counter(redis_rtt_us_sum,
+                              "Microseconds from command to reply, summed."),
+    ngx_http_presence_counter(redis_rtt_count, "Redis replies timed.")
+};
+
+
+/* until the status zone is there, and in processes without a slot */
+static ngx_presence_counters_t  ngx_http_presence_local_counters;
+static ngx_presence_worker_t    ngx_http_presence_local_worker;
+
+ngx_presence_counters_t  *ngx_presence_counters =
+    &ngx_http_presence_local_counters;
+ngx_presence_worker_t    *ngx_presence_worker =
+    &ngx_http_presence_local_worker;
 
 
 /* the cached listings of this worker, oldest first in the queue */
@@ -599,6 +670,180 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
     }
 
     return ngx_http_presence_fail(r, rc);
+}
+
+
+/*
+ * presence_status: the counters of all workers and the Redis connection
+ * of each, as JSON, or as Prometheus text when asked for text/plain or
+ * with ?format=prometheus.
+ */
+
+static ngx_int_t
+ngx_http_presence_status_handler(ngx_http_request_t *r)
+{
+    size_t                          size;
+    ngx_int_t                       rc;
+    ngx_str_t                       format;
+    ngx_buf_t                      *b;
+    ngx_uint_t                      prometheus;
+    ngx_http_presence_shctx_t      *sh;
+    ngx_http_presence_main_conf_t  *pmcf;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_METHOD);
+    }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
+    sh = pmcf->shm_zone->data;
+
+    prometheus = 0;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK) {
+        prometheus = (format.len == 10
+                      && ngx_strncmp(format.data, "prometheus", 10) == 0);
+    }
+
+#if (NGX_HTTP_HEADERS)
+    if (r->headers_in.accept
+        && ngx_strlcasestrn(r->headers_in.accept->value.data,
+                            r->headers_in.accept->value.data
+                            + r->headers_in.accept->value.len,
+                            (u_char *) "text/plain", 10 - 1)
+           != NULL)
+    {
+        prometheus = 1;
+    }
+#endif
+
+    /* a generous bound: every line at its longest */
+
+    size = (sizeof(ngx_http_presence_counter_list)
+            / sizeof(ngx_http_presence_counter_t)) * 256 + 512
+           + NGX_HTTP_PRESENCE_WORKERS * 128;
+
+    b = ngx_create_temp_buf(r->pool, size);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (prometheus) {
+        b->last = ngx_http_presence_status_prometheus(b->last, sh);
+
+        ngx_str_set(&r->headers_out.content_type,
+                    "text/plain; version=0.0.4; charset=utf-8");
+        r->headers_out.content_type_len = sizeof("text/plain") - 1;
+
+    } else {
+        b->last = ngx_http_presence_status_json(b->last, sh);
+    }
+
+    return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+}
+
+
+static u_char *
+ngx_http_presence_status_json(u_char *p, ngx_http_presence_shctx_t *sh)
+{
+    ngx_uint_t                    i, n, in_flight;
+    ngx_atomic_t                 *v;
+    ngx_presence_worker_t        *w;
+    ngx_http_presence_counter_t  *c;
+
+    *p++ = '{';
+
+    c = ngx_http_presence_counter_list;
+    n = sizeof(ngx_http_presence_counter_list)
+        / sizeof(ngx_http_presence_counter_t);
+
+    in_flight = 0;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
+            in_flight += sh->workers[i].in_flight;
+        }
+    }
+
+    for (i = 0; i < n; i++) {
+        v = (ngx_atomic_t *) ((u_char *) &sh->counters + c[i].offset);
+        p = ngx_sprintf(p, "\"%V\":%uA,", &c[i].name, *v);
+    }
+
+    p = ngx_sprintf(p, "\"redis_in_flight\":%ui,\"workers\":[", in_flight);
+
+    n = 0;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        w = &sh->workers[i];
+
+        if (!ngx_http_presence_worker_alive(w)) {
+            continue;
+        }
+
+        p = ngx_sprintf(p, "%s{\"pid\":%uA,\"redis_connected\":%s,"
+                        "\"redis_in_flight\":%uA,\"redis_reconnects\":%uA}",
+                        n++ ? "," : "", w->pid,
+                        w->connected ? "true" : "false",
+                        w->in_flight, w->reconnects);
+    }
+
+    return ngx_cpymem(p, "]}", 2);
+}
+
+
+static u_char *
+ngx_http_presence_status_prometheus(u_char *p, ngx_http_presence_shctx_t *sh)
+{
+    ngx_uint_t                    i, n, in_flight;
+    ngx_atomic_t                 *v;
+    ngx_presence_worker_t        *w;
+    ngx_http_presence_counter_t  *c;
+
+    c = ngx_http_presence_counter_list;
+    n = sizeof(ngx_http_presence_counter_list)
+        / sizeof(ngx_http_presence_counter_t);
+
+    for (i = 0; i < n; i++) {
+        v = (ngx_atomic_t *) ((u_char *) &sh->counters + c[i].offset);
+
+        p = ngx_sprintf(p, "# HELP nginx_presence_%V_total %V\n"
+                        "# TYPE nginx_presence_%V_total counter\n"
+                        "nginx_presence_%V_total %uA\n",
+                        &c[i].name, &c[i].help, &c[i].name, &c[i].name, *v);
+    }
+
+    in_flight = 0;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
+            in_flight += sh->workers[i].in_flight;
+        }
+    }
+
+    p = ngx_sprintf(p, "# HELP nginx_presence_redis_in_flight "
+                    "Commands sent to Redis and not answered yet.\n"
+                    "# TYPE nginx_presence_redis_in_flight gauge\n"
+                    "nginx_presence_redis_in_flight %ui\n"
+                    "# HELP nginx_presence_redis_connected "
+                    "Whether a worker's Redis connection is up.\n"
+                    "# TYPE nginx_presence_redis_connected gauge\n",
+                    in_flight);
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        w = &sh->workers[i];
+
+        if (ngx_http_presence_worker_alive(w)) {
+            p = ngx_sprintf(p, "nginx_presence_redis_connected{pid=\"%uA\"} "
+                            "%d\n", w->pid, w->connected ? 1 : 0);
+        }
+    }
+
+    return p;
 }
 
 
@@ -965,6 +1210,18 @@ ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
     b->last = ngx_cpymem(b->last, "{\"user_id\":", 11);
     b->last = ngx_http_presence_json_str(b->last, &ctx->user);
 
+    switch (ctx->script) {
+    case NGX_PRESENCE_HEARTBEAT:
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->heartbeats, 1);
+        break;
+    case NGX_PRESENCE_LEAVE:
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->leaves, 1);
+        break;
+    default: /* NGX_PRESENCE_LOOKUP */
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->listings, 1);
+        break;
+    }
+
     if (ctx->script == NGX_PRESENCE_LOOKUP) {
         if (n < 0) {
             n = 0;
@@ -1120,6 +1377,8 @@ ngx_http_presence_send_listing(ngx_http_request_t *r, ngx_str_t *body,
     ngx_table_elt_t  *h;
 
     static ngx_str_t  etag_name = ngx_string("ETag");
+
+    (void) ngx_atomic_fetch_add(&ngx_presence_counters->listings, 1);
 
     if (ngx_http_presence_add_header(r, &etag_name, etag, &h) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -1342,9 +1601,11 @@ ngx_http_presence_send(ngx_http_request_t *r, ngx_uint_t status,
         return ngx_http_send_header(r);
     }
 
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    ngx_str_set(&r->headers_out.charset, "utf-8");
+    if (r->headers_out.content_type.len == 0) {
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+        r->headers_out.content_type_len = r->headers_out.content_type.len;
+        ngx_str_set(&r->headers_out.charset, "utf-8");
+    }
     r->headers_out.content_length_n = b->last - b->pos;
 
     rc = ngx_http_send_header(r);
@@ -1376,10 +1637,24 @@ ngx_http_presence_error(ngx_http_request_t *r, ngx_int_t err)
 
     e = &ngx_http_presence_errors[err - 1];
 
+    switch (e->status) {
+    case NGX_HTTP_SERVICE_UNAVAILABLE:
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->redis_unavailable,
+                                    1);
+        break;
+    case NGX_HTTP_GATEWAY_TIME_OUT:
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->redis_timeouts, 1);
+        break;
+    default:
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->client_errors, 1);
+        break;
+    }
+
     if (err == NGX_HTTP_PRESENCE_ERR_METHOD) {
         plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-        allow = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE)
+        allow = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE
+                 || plcf->handler == NGX_HTTP_PRESENCE_STATUS)
                 ? &ngx_http_presence_allow_get : &ngx_http_presence_allow_post;
 
         if (ngx_http_presence_add_header(r, &allow_name, allow, NULL)
@@ -1695,6 +1970,10 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (pmcf->shm_zone) {
+        ngx_http_presence_claim_slot(cycle, pmcf->shm_zone->data);
+    }
+
     ngx_rbtree_init(&ngx_http_presence_cache,
                     &ngx_http_presence_cache_sentinel,
                     ngx_str_rbtree_insert_value);
@@ -1712,9 +1991,99 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
     pmcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_presence_module);
 
-    if (pmcf && pmcf->used) {
-        ngx_presence_redis_exit_process(cycle);
+    if (pmcf == NULL || !pmcf->used) {
+        return;
     }
+
+    ngx_presence_redis_exit_process(cycle);
+
+    if (ngx_presence_worker != &ngx_http_presence_local_worker) {
+        ngx_presence_worker->connected = 0;
+        ngx_presence_worker->in_flight = 0;
+        ngx_presence_worker->pid = 0;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t            *shpool;
+    ngx_http_presence_shctx_t  *sh;
+
+    if (data) {
+        /* a reload: the counters go on */
+        sh = data;
+        goto done;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        sh = shpool->data;
+        goto done;
+    }
+
+    sh = ngx_slab_calloc(shpool, sizeof(ngx_http_presence_shctx_t));
+    if (sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = sh;
+
+done:
+
+    shm_zone->data = sh;
+    ngx_presence_counters = &sh->counters;
+
+    return NGX_OK;
+}
+
+
+/* a slot of its own for this worker: a free one, or a dead worker's */
+
+static void
+ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_http_presence_shctx_t *sh)
+{
+    ngx_uint_t              i;
+    ngx_atomic_uint_t       pid;
+    ngx_presence_worker_t  *w;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        w = &sh->workers[i];
+        pid = w->pid;
+
+        if (pid && ngx_http_presence_worker_alive(w)) {
+            continue;
+        }
+
+        if (ngx_atomic_cmp_set(&w->pid, pid, (ngx_atomic_uint_t) ngx_pid)) {
+            w->in_flight = 0;
+            w->reconnects = 0;
+            w->connected = 0;
+            ngx_presence_worker = w;
+            return;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                  "presence: no free status slot, this worker's redis "
+                  "connection is not listed by presence_status");
+}
+
+
+static ngx_int_t
+ngx_http_presence_worker_alive(ngx_presence_worker_t *w)
+{
+    ngx_pid_t  pid;
+
+    pid = (ngx_pid_t) w->pid;
+
+    if (pid == 0) {
+        return 0;
+    }
+
+    return !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH);
 }
 
 
@@ -1751,6 +2120,8 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_str_t  addr;
 
+    static ngx_str_t  name = ngx_string("presence_status");
+
     if (pmcf->redis.name.data == NULL) {
         ngx_str_set(&addr, "127.0.0.1:6379");
 
@@ -1763,6 +2134,20 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(pmcf->redis.db, 0);
     ngx_conf_init_msec_value(pmcf->redis.timeout, 1000);
+
+    if (!pmcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    /* the counters of presence_status, for all workers and reloads */
+
+    pmcf->shm_zone = ngx_shared_memory_add(cf, &name, 64 * 1024,
+                                           &ngx_http_presence_module);
+    if (pmcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->shm_zone->init = ngx_http_presence_init_zone;
 
     return NGX_CONF_OK;
 }
@@ -1943,9 +2328,17 @@ ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
-    clcf->handler = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE)
-                    ? ngx_http_presence_online_handler
-                    : ngx_http_presence_update_handler;
+    switch (plcf->handler) {
+    case NGX_HTTP_PRESENCE_ONLINE:
+        clcf->handler = ngx_http_presence_online_handler;
+        break;
+    case NGX_HTTP_PRESENCE_STATUS:
+        clcf->handler = ngx_http_presence_status_handler;
+        break;
+    default:
+        clcf->handler = ngx_http_presence_update_handler;
+        break;
+    }
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
     pmcf->used = 1;

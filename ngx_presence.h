@@ -47,13 +47,32 @@ typedef struct {
 } ngx_presence_redis_conf_t;
 
 
+/*
+ * Counters of all workers, in a shared memory zone that outlives reloads
+ * (presence_status).  Until the zone is there they point at a local copy.
+ */
+
 typedef struct {
-    ngx_uint_t                 reconnects;
-    ngx_uint_t                 in_flight;
-    uint64_t                   rtt_us_sum;
-    ngx_uint_t                 rtt_count;
-    unsigned                   connected:1;
-} ngx_presence_redis_stats_t;
+    ngx_atomic_t               heartbeats;
+    ngx_atomic_t               leaves;
+    ngx_atomic_t               listings;
+    ngx_atomic_t               client_errors;
+    ngx_atomic_t               redis_unavailable;
+    ngx_atomic_t               redis_timeouts;
+    ngx_atomic_t               redis_reconnects;
+    ngx_atomic_t               redis_rtt_us_sum;
+    ngx_atomic_t               redis_rtt_count;
+} ngx_presence_counters_t;
+
+
+/* one worker's Redis connection; only that worker writes its slot */
+
+typedef struct {
+    ngx_atomic_t               pid;
+    ngx_atomic_t               in_flight;
+    ngx_atomic_t               reconnects;
+    ngx_atomic_t               connected;
+} ngx_presence_worker_t;
 
 
 char *ngx_presence_redis_parse_address(ngx_conf_t *cf,
@@ -68,7 +87,8 @@ ngx_presence_cmd_t *ngx_presence_redis_eval(ngx_uint_t script,
 void ngx_presence_redis_detach(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_timed_out(void);
 
-extern ngx_presence_redis_stats_t  ngx_presence_redis_stats;
+extern ngx_presence_counters_t  *ngx_presence_counters;
+extern ngx_presence_worker_t    *ngx_presence_worker;
 
 
 #endif /* _NGX_PRESENCE_H_INCLUDED_ */

@@ -135,7 +135,6 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
 static u_char                 ngx_presence_sha[NGX_PRESENCE_NSCRIPTS][40];
 static ngx_presence_redis_t   ngx_presence_redis;
 
-ngx_presence_redis_stats_t    ngx_presence_redis_stats;
 
 
 char *
@@ -552,10 +551,12 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     }
 
     if (rds->connects++) {
-        ngx_presence_redis_stats.reconnects++;
+        ngx_presence_worker->reconnects++;
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->redis_reconnects,
+                                    1);
     }
 
-    ngx_presence_redis_stats.connected = 1;
+    ngx_presence_worker->connected = 1;
 
     ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
                   "presence: connected to redis at \"%V\"", &rds->conf->name);
@@ -630,7 +631,7 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
         return NULL;
     }
 
-    ngx_presence_redis_stats.in_flight++;
+    ngx_presence_worker->in_flight++;
 
     return cmd;
 }
@@ -671,17 +672,18 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     cmd = privdata;
     rds = &ngx_presence_redis;
 
-    ngx_presence_redis_stats.in_flight--;
+    ngx_presence_worker->in_flight--;
 
     if (reply) {
         rds->timeouts = 0;
 
         (void) clock_gettime(CLOCK_MONOTONIC, &now);
 
-        ngx_presence_redis_stats.rtt_us_sum +=
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->redis_rtt_us_sum,
                              (now.tv_sec - cmd->start.tv_sec) * 1000000
-                             + (now.tv_nsec - cmd->start.tv_nsec) / 1000;
-        ngx_presence_redis_stats.rtt_count++;
+                             + (now.tv_nsec - cmd->start.tv_nsec) / 1000);
+        (void) ngx_atomic_fetch_add(&ngx_presence_counters->redis_rtt_count,
+                                    1);
     }
 
     if (cmd->data == NULL || rds->exiting) {
@@ -709,7 +711,7 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                                   cmd->argc, cmd->argv, cmd->argvlen)
             == REDIS_OK)
         {
-            ngx_presence_redis_stats.in_flight++;
+            ngx_presence_worker->in_flight++;
             return;
         }
 
@@ -811,7 +813,7 @@ ngx_presence_redis_cleanup(void *data)
     }
 
     rds->ac = NULL;
-    ngx_presence_redis_stats.connected = 0;
+    ngx_presence_worker->connected = 0;
 
     if (rds->timer.timer_set) {
         ngx_del_timer(&rds->timer);
