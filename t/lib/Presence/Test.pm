@@ -656,6 +656,13 @@ sub stop {
     Presence::Test::wait_exit($pid, 5);
 }
 
+# CONFIG SET requirepass, and use the new password from now on
+sub set_password {
+    my ($self, $pw) = @_;
+    $self->cmd('CONFIG', 'SET', 'requirepass', $pw);
+    $self->{password} = length $pw ? $pw : undef;
+}
+
 # SIGSTOP: the process holds its sockets open and answers nothing
 sub kill_stop { kill 'STOP', $_[0]{pid} }
 sub cont      { kill 'CONT', $_[0]{pid} }
@@ -979,6 +986,13 @@ sub reload {
         (grep { !$old{$_} } $self->worker_pids) >= $self->{workers};
     }, 10);
     croak "reload: no new workers\n" . $self->log_text unless $ok;
+    # and the old ones have stopped accepting
+    $ok = Presence::Test::wait_for(sub {
+        my $log = $self->log_text;
+        !grep { kill(0, $_) && $log !~ /\b$_#\d+: gracefully shutting down/ }
+             keys %old;
+    }, 10);
+    croak "reload: old workers still accept\n" . $self->log_text unless $ok;
     return keys %old;
 }
 
