@@ -1,0 +1,87 @@
+#!/usr/bin/perl
+
+# Redis on a unix socket with a password, and a database other than 0:
+# AUTH and SELECT on every new connection, the keys land in that database;
+# a restart on the same socket is survived; a password the server no
+# longer accepts gives quick 503s and an error in the log, and the worker
+# recovers when the password is right again.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time);
+use Presence::Test;
+
+need_module();
+
+my $r = start_redis(unix => 1, password => 'pw1');
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr });
+presence_redis %%REDIS%%;
+presence_redis_password pw1;
+presence_redis_db 4;
+presence_redis_timeout 1s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /hb     { presence_heartbeat; }
+    location = /online { presence_online; }
+}
+EOF
+
+like($r->addr, qr/^unix:/, 'redis on a unix socket');
+ok(wait_for(sub { $ng->get('/online')->{status} == 200 }, 5),
+   'module connected, authenticated');
+
+my $res = $ng->post('/hb', { user_id => 'alice' });
+is($res->{status}, 200, 'heartbeat over the unix socket');
+is_deeply([$r->key_list(4)], ['presence:{global}'], 'key in db 4');
+is_deeply([$r->key_list(0)], [], 'nothing in db 0');
+
+my @clients = grep { /\bdb=4\b/ } split /\n/, $r->cmd('CLIENT', 'LIST');
+is(scalar @clients, 1, 'one connection of the worker, on db 4')
+    or diag $r->cmd('CLIENT', 'LIST');
+
+is_deeply($ng->get('/online')->{json}{users}, ['alice'], 'listing');
+
+# restart on the same socket
+my $t = time;
+$r->restart;
+ok(wait_for(sub { $ng->post('/hb', { user_id => 'bob' })->{status} == 200 }, 3),
+   'redis restarted on the same socket: heartbeats again');
+ok(time - $t < 2.5, '  within 2 s of the restart') or diag time - $t;
+is_deeply([$r->key_list(4)], ['presence:{global}'], '  into db 4 again');
+
+# the password changes under the worker: reconnect fails AUTH
+my $lines = () = $ng->log_text =~ /\n/g;
+$r->set_password('other');
+$r->cmd('CLIENT', 'KILL', 'TYPE', 'normal');
+
+my $all = 1;
+$t = time;
+while (time - $t < 1) {
+    my $x = $ng->post('/hb', { user_id => 'carol' });
+    $all = 0 unless $x->{status} == 503 && $x->{elapsed} < 0.3
+                    && ($x->{json}{error} // '') eq 'redis_unavailable';
+}
+ok($all, 'wrong password: every request a quick 503');
+my @new = split /\n/, $ng->log_text;
+splice @new, 0, $lines;
+ok(grep({ /\[(?:error|crit|warn)\].*redis/i } @new), 'the failure is logged')
+    or diag join "\n", @new;
+ok(!grep({ /pw1/ } split /\n/, $ng->log_text), '  without the password');
+is($r->cmd({ db => 4 }, 'ZSCORE', 'presence:{global}', 'carol'), undef,
+   '  nothing written');
+
+$t = time;
+$r->set_password('pw1');
+ok(wait_for(sub { $ng->post('/hb', { user_id => 'dave' })->{status} == 200 }, 3),
+   'right password again: the worker recovers by itself');
+ok(time - $t < 2, '  within 2 s') or diag time - $t;
+
+check_log($ng);
+
+done_testing;
