@@ -27,6 +27,7 @@ presence_room lobby;
 presence_online_limit 50;
 presence_max_id_length 64;
 presence_max_body_size 2k;
+presence_online_cache 0;
 
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -36,6 +37,7 @@ server {
     presence_online_limit 1;
     presence_max_id_length 1024;
     presence_max_body_size 100;
+    presence_online_cache 2s;
 
     location = /hb {
         presence_ttl 1s;
@@ -50,7 +52,8 @@ server {
     location = /hbr { presence_heartbeat "$remote_user"; }
     location = /leave { presence_leave; }
     location = /leavev { presence_leave $http_x_user; }
-    location = /online { presence_online; }
+    location = /online { presence_online; presence_online_cache 500ms; }
+    location = /status { presence_status; }
     location = /static { }
 }
 EOF
@@ -148,6 +151,8 @@ my @bad = (
      'is duplicate', 'online then leave'],
     [$loc->('presence_leave; presence_heartbeat $http_x_user;'),
      'presence_heartbeat', 'is duplicate', 'leave then heartbeat'],
+    [$loc->('presence_heartbeat; presence_status;'), 'presence_status',
+     'heartbeat then status'],
     [$loc->('presence_online now;'), 'presence_online', 'online with a value'],
     [$loc->('presence_heartbeat $a $b;'), 'presence_heartbeat',
      'heartbeat with two values'],
@@ -167,6 +172,10 @@ my @bad = (
     ['presence_max_body_size big;', 'presence_max_body_size', 'bad size'],
     ['presence_max_body_size 1k 2k;', 'presence_max_body_size',
      'two sizes'],
+
+    ['presence_online_cache abc;', 'presence_online_cache', 'bad cache time'],
+    [$loc->('presence_online_cache -1s;'), 'presence_online_cache',
+     'negative cache time'],
 
     # not a directive of ours
     ['presence_nonsense on;', 'presence_nonsense', 'unknown directive'],

@@ -689,7 +689,8 @@ package Presence::Test::FakeRedis;
 # A fake Redis on 127.0.0.1:<port> in a forked child.  It parses RESP
 # commands and answers each with what the handler returns:
 #
-#   fake_redis(handler => sub { my ($argv, $state) = @_; ... })
+#   fake_redis(sub { my ($argv, $state) = @_; ... }, %opt)
+#   fake_redis(handler => sub { ... }, %opt)
 #       bytes   - sent as the reply
 #       undef   - no reply, ever
 #       \'close' - the connection is closed
@@ -716,7 +717,9 @@ use POSIX qw(_exit);
 use Time::HiRes qw(time sleep);
 
 sub new {
-    my ($class, %o) = @_;
+    my $class = shift;
+    unshift @_, 'handler' if ref $_[0] eq 'CODE';   # fake_redis(sub {...})
+    my %o = @_;
     my $dir = Presence::Test::new_dir('fake');
     my $mode = $o{mode} // 'handler';
     my $handler = $o{handler};
