@@ -212,9 +212,8 @@ my $KEY = 'presence:{global}';
         $res = $ng->get('/online');
         is($res->{status}, 200, "big listing $try: 200");
         is($res->{json}{count}, 1000, '  count 1000');
+        # (a read that stalls after 16 KiB would end in 504 at 300 ms)
         is_deeply($res->{json}{users}, \@members, '  all 1000 members, sorted');
-        ok($res->{elapsed} < 0.3, '  without waiting for a timeout')
-            or diag "$res->{elapsed}s";
     }
 
     check_log($ng);
