@@ -5,6 +5,9 @@ SHELL := /bin/bash
 #   make            build build/ngx_http_presence_module.so
 #   make run        build, start redis-server and nginx on :8080
 #   make test       build, run the test suite (t/*.t) with prove
+#   make install    build, install the module, its load snippet and the page
+#                   (DESTDIR, PREFIX, MODULES_PATH: see tools/install)
+#   make uninstall  remove exactly what make install put there
 #
 # NGINX_SRC is a configured nginx source tree with a conf_flags file, as
 # Debian's nginx-dev installs it; for another nginx see the README.
@@ -54,3 +57,11 @@ test: $(MODULE)
 
 clean:
 	rm -rf $(BUILD)
+
+.PHONY: install uninstall
+
+install: $(MODULE)
+	@tools/install install
+
+uninstall:
+	@tools/install uninstall
