@@ -8,6 +8,9 @@ SHELL := /bin/bash
 #   make install    build, install the module, its load snippet and the page
 #                   (DESTDIR, PREFIX, MODULES_PATH: see tools/install)
 #   make uninstall  remove exactly what make install put there
+#   make deb        build/deb/libnginx-mod-http-presence_<version>_<arch>.deb
+#   make deb-test   build the .deb, install it with apt-get, serve through the
+#                   stock nginx, purge it (t/21-deb.t with DEB_TEST=1)
 #
 # NGINX_SRC is a configured nginx source tree with a conf_flags file, as
 # Debian's nginx-dev installs it; for another nginx see the README.
@@ -65,3 +68,25 @@ install: $(MODULE)
 
 uninstall:
 	@tools/install uninstall
+
+DEB_DIR    ?= $(BUILD)/deb
+# what the Debian source package is made of (copied to $(DEB_DIR)/src)
+DEB_FILES  := $(SOURCES) html nginx.conf.example README.md debian
+
+.PHONY: deb deb-test
+
+# Built as Debian builds its libnginx-mod-* packages (debian/rules), from a
+# copy of the tree so that the repository stays clean.
+deb:
+	@tools/deps deb
+	rm -rf $(DEB_DIR)
+	mkdir -p $(DEB_DIR)/src
+	cp -r $(DEB_FILES) $(DEB_DIR)/src/
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc > $(DEB_DIR)/build.log 2>&1 \
+	    || { tail -30 $(DEB_DIR)/build.log; exit 1; }
+	@ls $(DEB_DIR)/*.deb
+
+deb-test: deb
+	@tools/deps test
+	@DEB_TEST=1 DEB_DIR=$(DEB_DIR) prove -v t/21-deb.t \
+	    && echo "deb-test: PASS" || { echo "deb-test: FAIL"; exit 1; }

@@ -332,6 +332,30 @@ for my $h ('etag', 'content-type', 'content-length', 'cache-control') {
 }
 $res = $ng->head('/online', headers => ['If-None-Match' => $e4]);
 is($res->{status}, 304, 'HEAD with a matching If-None-Match: 304');
+$res = $ng->head('/online?user_id=ann');
+ok($res->{status} == 200 && $res->{body} eq '', 'HEAD of a lookup');
+
+###########################################################################
+# 200 clients at once: the commands pipeline on one connection, and each
+# answer is the one for its own request (the counts after each heartbeat
+# are then all different: exactly base+1 .. base+200)
+
+rcmd('FLUSHDB');
+my @p = map {
+    $ng->send_request('POST', '/hb', body => qq({"user_id":"burst$_"}),
+                      headers => ['Content-Type' => 'application/json'])
+} 1 .. 200;
+my (%seen, $bad);
+for my $i (1 .. 200) {
+    my $x = $p[$i - 1]->finish(10);
+    $bad++ unless $x && $x->{status} == 200
+                  && $x->{json}{user_id} eq "burst$i";
+    $seen{ $x->{json}{online} // 'none' }++ if $x;
+}
+ok(!$bad, '200 concurrent heartbeats: each answered for its own user');
+is_deeply([sort { $a <=> $b } keys %seen], [1 .. 200],
+          '  counts 1..200, each once');
+is(rcmd('ZCARD', $KEY), 200, '  all 200 in redis');
 
 check_log($ng);
 

@@ -293,6 +293,25 @@ is($res[1]{json}{user_id}, 'pipe2', '  second');
 ok(defined $r->cmd('ZSCORE', $KEY, 'pipe1')
    && defined $r->cmd('ZSCORE', $KEY, 'pipe2'), '  both stored');
 
+# a body nobody reads (variable identity) must not become a request
+@res = $ng->raw(
+    "POST /hbv HTTP/1.1\r\nHost: x\r\nX-User: kept\r\n"
+    . "Content-Type: application/json\r\nContent-Length: 22\r\n\r\n"
+    . "GET /hb HTTP/1.1\r\n\r\n\r\n"
+    . "GET /online?user_id=kept HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+is(scalar @res, 2, 'keep-alive after a variable identity with a body');
+is($res[0]{json}{user_id}, 'kept', '  first answered');
+ok($res[1] && $res[1]{status} == 200 && $res[1]{json}{online},
+   '  then the next request, not the body') or diag $res[1]{raw};
+
+# Expect: 100-continue
+@res = $ng->raw(["POST /hb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                 . "Content-Type: application/json\r\nContent-Length: 21\r\n"
+                 . "Expect: 100-continue\r\n\r\n", '{"user_id":"expect1"}'],
+                delay => 0.1);
+is(join(' ', map { $_->{status} } @res), '100 200',
+   'Expect: 100-continue, then 200') or diag explain \@res;
+
 # keep-alive after an error: the rest of the body must not become a request
 @res = $ng->raw(
     "POST /small/hb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 
-# Redis on a unix socket with a password, and a database other than 0:
-# AUTH and SELECT on every new connection, the keys land in that database;
+# Redis on a unix socket with a password, a database other than 0 and two
+# workers: a connection per worker, AUTH and SELECT on every new
+# connection, the keys land in that database;
 # a restart on the same socket is survived; a password the server no
 # longer accepts gives quick 503s and an error in the log, and the worker
 # recovers when the password is right again.
@@ -19,7 +20,7 @@ use Presence::Test;
 need_module();
 
 my $r = start_redis(unix => 1, password => 'pw1');
-my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr });
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr }, workers => 2);
 presence_redis %%REDIS%%;
 presence_redis_password pw1;
 presence_redis_db 4;
@@ -41,11 +42,19 @@ is($res->{status}, 200, 'heartbeat over the unix socket');
 is_deeply([$r->key_list(4)], ['presence:{global}'], 'key in db 4');
 is_deeply([$r->key_list(0)], [], 'nothing in db 0');
 
-my @clients = grep { /\bdb=4\b/ } split /\n/, $r->cmd('CLIENT', 'LIST');
-is(scalar @clients, 1, 'one connection of the worker, on db 4')
+sub module_clients { grep { /\bdb=4\b/ } split /\n/, $r->cmd('CLIENT', 'LIST') }
+ok(wait_for(sub { module_clients() == 2 }, 3),
+   'two workers: two connections, both on db 4')
     or diag $r->cmd('CLIENT', 'LIST');
+my %seen;
+for (1 .. 40) {
+    my $x = $ng->post('/hb', { user_id => "w$_" });
+    $seen{ $x->{status} }++;
+}
+is_deeply(\%seen, { 200 => 40 }, '40 heartbeats: all 200');
+is(scalar(module_clients()), 2, '  still two connections');
 
-is_deeply($ng->get('/online')->{json}{users}, ['alice'], 'listing');
+is($ng->get('/online')->{json}{count}, 41, 'listing');
 
 # restart on the same socket
 my $t = time;
@@ -78,9 +87,12 @@ is($r->cmd({ db => 4 }, 'ZSCORE', 'presence:{global}', 'carol'), undef,
 
 $t = time;
 $r->set_password('pw1');
-ok(wait_for(sub { $ng->post('/hb', { user_id => 'dave' })->{status} == 200 }, 3),
-   'right password again: the worker recovers by itself');
+ok(wait_for(sub { module_clients() == 2 }, 3),
+   'right password again: both workers reconnect by themselves');
 ok(time - $t < 2, '  within 2 s') or diag time - $t;
+%seen = ();
+$seen{ $ng->post('/hb', { user_id => "dave$_" })->{status} }++ for 1 .. 20;
+is_deeply(\%seen, { 200 => 20 }, '  and answer');
 
 check_log($ng);
 
