@@ -11,6 +11,17 @@
 (function ($) {
   'use strict';
 
+  if (!$) {
+    // nginx did not serve vendor/jquery.min.js: say so instead of a blank page
+    var banner = document.getElementById('banner');
+    document.getElementById('banner-detail').textContent =
+      'vendor/jquery.min.js did not load; check the nginx location that serves it.';
+    banner.querySelector('.banner-retry').textContent = '';
+    banner.hidden = false;
+    document.body.className += ' is-failing';
+    return;
+  }
+
   var API_HEARTBEAT = 'api/heartbeat';
   var API_LEAVE = 'api/leave';
   var API_ONLINE = 'api/online';
@@ -338,7 +349,7 @@
     });
 
     state.users = users;
-    $count.text(count);
+    $count.text(count).toggleClass('is-zero', count === 0);
     $empty.prop('hidden', users.length > 0);
     if (count > users.length) {
       $more.text('and ' + (count - users.length) + ' more').prop('hidden', false);
@@ -466,4 +477,4 @@
     }
     poll();
   });
-}(jQuery));
+}(window.jQuery));
