@@ -129,6 +129,11 @@ for my $esc ('\u0000', '\u0001', '\n', '\r', '\t', '\u001f', '\u007f',
             sub { post('/hb', qq({"user_id":"a${esc}b"})) });
 }
 
+for my $esc ('\u0085', "\xc2\x9f") {
+    rejects("C1 control character $esc", 400, 'invalid_user_id',
+            sub { post('/hb', qq({"user_id":"a${esc}b"})) });
+}
+
 rejects('leave checks ids too', 400, 'invalid_user_id',
         sub { post('/leave', '{"user_id":"a\u0000"}') });
 rejects('presence_max_id_length 8', 400, 'invalid_user_id',
@@ -164,6 +169,15 @@ for my $body ('{"user_id":', '{user_id:"a"}', "{'user_id':'a'}", '"alice"',
     (my $show = $body) =~ s/\x00/\\0/g;
     rejects("invalid JSON: $show", 400, 'invalid_json',
             sub { post('/hb', $body) });
+}
+{
+    # nesting deeper than any parser should recurse: refused or parsed,
+    # never a crash (check_log at the end looks for one)
+    my $deep = '{"a":' . ('[' x 2000) . (']' x 2000) . ',"user_id":"deep"}';
+    my $res = post('/hb', $deep);
+    ok($res->{status} == 200
+       || ($res->{status} == 400 && $res->{json}{error} eq 'invalid_json'),
+       'JSON nested 2000 deep: 200 or invalid_json') or diag $res->{raw};
 }
 rejects('empty body', 400, 'invalid_json', sub { post('/hb', '') });
 rejects('empty body, no content type', 400, 'invalid_json',
@@ -401,6 +415,15 @@ ok($res->{status} == 200 && $res->{json}{online}, 'lookup of 128 bytes');
 ###########################################################################
 # identity from a variable
 
+for my $c (['{{{', 'application/json', 'malformed JSON'],
+           ['x', 'text/html', 'another content type'],
+           ['{"user_id":"' . ('x' x 10000) . '"}', 'application/json',
+            'a body over presence_max_body_size'])
+{
+    touches_only("variable identity: body ignored, even $c->[2]", $KEY, 'varid',
+        sub { post('/hbv', $c->[0], 'X-User' => 'varid',
+                   'Content-Type' => $c->[1]) });
+}
 rejects('variable identity of 129 bytes', 400, 'invalid_user_id',
         sub { $ng->request('POST', '/hbv', headers => ['X-User' => 'u' x 129]) });
 rejects('variable identity with a control character', 400, 'invalid_user_id',

@@ -166,6 +166,30 @@ my $s = stats();
 is($s->{evalsha}, 4, 'afterwards: EVALSHA again') or diag explain $s;
 ok(!$s->{eval}, '  no EVAL') or diag explain $s;
 
+###########################################################################
+# nginx started while redis is down; reload and quit while it is down
+
+$r->stop;
+$ng->stop;
+$ng->start;
+$res = $ng->post('/hb', { user_id => 'erin' });
+unavailable($res, 'nginx started with redis down: 503');
+$t = time;
+$r->start;
+ok(wait_for(sub { $ng->post('/hb', { user_id => 'erin' })->{status} == 200 },
+            3), 'redis comes up later: the worker connects');
+ok(time - $t < 2, '  within 2 s') or diag time - $t;
+
+$r->stop;
+ok(wait_for(sub { $ng->get('/online')->{status} == 503 }, 2), 'redis down again');
+my @old = $ng->reload;
+ok(wait_for(sub { !kill 0, @old }, 3),
+   'reload while redis is down: the old worker exits at once');
+unavailable($ng->get('/online'), 'new worker: 503');
+$t = time;
+is($ng->quit(5), 0, 'quit while redis is down: exit code 0');
+ok(time - $t < 1.5, '  without waiting for reconnects') or diag time - $t;
+
 check_log($ng);
 
 done_testing;
