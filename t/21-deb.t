@@ -41,6 +41,8 @@ plan(skip_all => 'must run as root (apt-get install)') unless $> == 0;
 
 my $TOP     = abs_path("$FindBin::Bin/..");
 my $DEB_DIR = $ENV{DEB_DIR} || "$TOP/build/deb";
+# the page as the package was built from it (make deb's copy of the tree)
+my $HTML    = -d "$DEB_DIR/src/html" ? "$DEB_DIR/src/html" : "$TOP/html";
 my $PKG     = 'libnginx-mod-http-presence';
 my $NGINX   = '/usr/sbin/nginx';
 my $JQUERY  = '/usr/share/javascript/jquery/jquery.min.js';
@@ -204,7 +206,7 @@ is(slurp($AVAIL), "load_module modules/ngx_http_presence_module.so;\n",
    "the load snippet: $AVAIL");
 is(readlink($ENABLED), $AVAIL, "enabled by the postinst: $ENABLED");
 for my $f (qw(index.html app.js style.css)) {
-    is(slurp("/usr/share/nginx-presence/html/$f"), slurp("$TOP/html/$f"),
+    is(slurp("/usr/share/nginx-presence/html/$f"), slurp("$HTML/$f"),
        "the page: /usr/share/nginx-presence/html/$f");
 }
 is(readlink('/usr/share/nginx-presence/vendor/jquery.min.js'),
@@ -303,7 +305,7 @@ like($out, qr/^\d+/, 'the heartbeat is in Redis (presence:{global})');
 
 $r = $http->get("$url/");
 is($r->{status}, 200, 'GET /: 200');
-is($r->{content}, slurp("$TOP/html/index.html"), '... the page (index.html)');
+is($r->{content}, slurp("$HTML/index.html"), '... the page (index.html)');
 like($r->{headers}{'content-type'} // '', qr{^text/html}, '... text/html');
 for my $f (qw(app.js style.css)) {
     is($http->get("$url/$f")->{status}, 200, "GET /$f: 200");
