@@ -43,6 +43,19 @@ our $REDIS_CLI    = $ENV{TEST_REDIS_CLI}    || 'redis-cli';
 
 $SIG{PIPE} = 'IGNORE';
 
+# an interrupted test still stops what it started (END below)
+$SIG{$_} = sub { exit 130 } for qw(INT TERM HUP);
+
+# In a child about to exec: die with the test (SIGTERM when the test
+# process goes away, even by SIGKILL), so nothing outlives a killed test.
+my %PRCTL = ('x86_64-linux' => 157, 'aarch64-linux' => 167);
+sub die_with_parent {
+    require Config;
+    my ($arch) = $Config::Config{archname} =~ /^(\w+-linux)/;
+    my $nr = $PRCTL{ $arch // '' } or return;
+    syscall($nr, 1, 15);            # prctl(PR_SET_PDEATHSIG, SIGTERM)
+}
+
 my $JSON = JSON::PP->new->utf8->allow_nonref;
 my $BASE;
 my $SEQ = 0;
@@ -141,6 +154,7 @@ sub spawn {
         open STDOUT, '>>', $stdout or _exit(127);
         open STDERR, '>>', $stderr or _exit(127);
         POSIX::setpgid(0, 0);
+        die_with_parent();
         exec { $cmd->[0] } @$cmd or _exit(127);
     }
     return $pid;
@@ -747,7 +761,9 @@ sub new {
     my $pid = fork // croak "fork: $!";
     if (!$pid) {
         $SIG{TERM} = sub { _exit(0) };
+        $SIG{$_} = 'DEFAULT' for qw(INT HUP);
         $SIG{PIPE} = 'IGNORE';
+        Presence::Test::die_with_parent();
         eval { _serve($listen, $self->{log}, $mode, $handler, $dir) };
         if ($@) {
             if (open my $fh, '>>', "$dir/error") { print {$fh} $@ }
