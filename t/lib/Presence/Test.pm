@@ -8,7 +8,8 @@ package Presence::Test;
 #   TEST_NGINX_MODULE   the .so to load (default: build/ngx_http_presence_module.so)
 #   TEST_NGINX_BINARY   the nginx to run (default: /usr/sbin/nginx)
 #   TEST_NGINX_LEAVE=1  keep the temporary directories (printed with diag)
-#   TEST_NGINX_VALGRIND=1  run nginx under valgrind (see nginx_command)
+#   TEST_NGINX_VALGRIND=1  run nginx under valgrind (see Nginx::command)
+#   TEST_REDIS_SERVER, TEST_REDIS_CLI  other redis-server / redis-cli binaries
 
 use strict;
 use warnings;
