@@ -12,6 +12,8 @@
 #   TEST_NGINX_BINARY     nginx (default /usr/sbin/nginx)
 #   TEST_BROWSER_SHOTS    keep the screenshots in this folder
 #   TEST_BROWSER_KEEP=1   keep the temp dir (logs, config, screenshots)
+#   TEST_BROWSER_TTL      presence_ttl in seconds (default 4; the README's
+#                         screenshot is taken with the module's default, 10)
 #
 # Installs what it needs when missing: chromium, node and npm through
 # tools/deps, node_modules through `npm ci` (when absent or not at the
@@ -35,7 +37,7 @@ my $ROOT = abs_path(dirname(abs_path(__FILE__)) . '/..');
 my $MODULE = $ENV{TEST_NGINX_MODULE} || "$ROOT/build/ngx_http_presence_module.so";
 my $NGINX = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $CHROMIUM = '/usr/bin/chromium';
-my $TTL = 4;            # presence_ttl, seconds
+my $TTL = $ENV{TEST_BROWSER_TTL} || 4;   # presence_ttl, seconds
 my $NODE_LIMIT = 300;   # seconds the whole browser run may take
 
 plan skip_all => 'the browser test does not run nginx under valgrind'
