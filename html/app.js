@@ -43,6 +43,7 @@
     ttl: null,         // seconds, from the last reply
     hbTimer: null,
     hbSeq: 0,          // bumps cancel replies of older heartbeats
+    hbXhr: null,       // the heartbeat in flight, if any
     pollTimer: null,
     pollSeq: 0,
     etag: null,
@@ -151,7 +152,13 @@
     clearTimeout(state.hbTimer);
     state.hbTimer = null;
 
-    post(API_HEARTBEAT, state.name).done(function (data) {
+    var xhr = state.hbXhr = post(API_HEARTBEAT, state.name);
+    xhr.always(function () {
+      if (state.hbXhr === xhr) {
+        state.hbXhr = null;
+      }
+    });
+    xhr.done(function (data) {
       if (seq !== state.hbSeq) {
         return;
       }
@@ -216,9 +223,18 @@
 
   function goOffline() {
     var name = state.name;
+    // a heartbeat still on its way would land after the leave and put us
+    // back for a whole TTL: let it arrive first
+    var inFlight = state.hbXhr || $.Deferred().resolve();
     stop();
     store(KEY_ONLINE, null);
     render();
+    $.when(inFlight).always(function () {
+      leave(name);
+    });
+  }
+
+  function leave(name) {
     post(API_LEAVE, name).done(function () {
       recovered();
     }).fail(function (xhr) {
@@ -325,7 +341,7 @@
   // screen readers announce only who came and who left.
   function showList(data) {
     var users = Array.isArray(data && data.users) ? data.users : [];
-    var count = typeof data.count === 'number' ? data.count : users.length;
+    var count = data && typeof data.count === 'number' ? data.count : users.length;
     var wanted = new Set(users);
     var rows = new Map();
 
