@@ -24,6 +24,9 @@
 /* bytes of the MD5 of a listing that make its ETag */
 #define NGX_HTTP_PRESENCE_ETAG_LEN   8
 
+/* the largest presence_online_limit */
+#define NGX_HTTP_PRESENCE_LIMIT_MAX  1000000
+
 /* listings a worker keeps for presence_online_cache */
 #define NGX_HTTP_PRESENCE_CACHE_MAX  1024
 
@@ -162,6 +165,7 @@ ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
     ngx_str_t *user, ngx_pool_t *pool);
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
 ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
+ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
 
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);
 static u_char *ngx_http_presence_status_json(u_char *p,
@@ -193,6 +197,8 @@ static char *ngx_http_presence_check_prefix(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_presence_check_size(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_presence_check_bounds(ngx_conf_t *cf, void *post,
+    void *data);
 
 
 static ngx_conf_post_handler_pt  ngx_http_presence_check_msec_p =
@@ -204,16 +210,18 @@ static ngx_conf_post_handler_pt  ngx_http_presence_check_prefix_p =
 static ngx_conf_post_handler_pt  ngx_http_presence_check_size_p =
     ngx_http_presence_check_size;
 
+/* like ngx_conf_check_num_bounds(), with the directive in the message */
+
 static ngx_conf_num_bounds_t  ngx_http_presence_db_bounds = {
-    ngx_conf_check_num_bounds, 0, -1
+    ngx_http_presence_check_bounds, 0, -1
 };
 
 static ngx_conf_num_bounds_t  ngx_http_presence_limit_bounds = {
-    ngx_conf_check_num_bounds, 1, 1000000
+    ngx_http_presence_check_bounds, 1, NGX_HTTP_PRESENCE_LIMIT_MAX
 };
 
 static ngx_conf_num_bounds_t  ngx_http_presence_id_length_bounds = {
-    ngx_conf_check_num_bounds, 1, 1024
+    ngx_http_presence_check_bounds, 1, 1024
 };
 
 
@@ -618,15 +626,14 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
         ctx->limit = plcf->online_limit;
 
         if (ngx_http_arg(r, (u_char *) "limit", 5, &value) == NGX_OK) {
-            limit = ngx_atoi(value.data, value.len);
+            limit = ngx_http_presence_parse_limit(&value, plcf->online_limit);
 
             if (limit == NGX_ERROR) {
                 return ngx_http_presence_error(r,
                                                NGX_HTTP_PRESENCE_ERR_LIMIT);
             }
 
-            /* the setting is a cap, not an error to exceed */
-            ctx->limit = ngx_min((ngx_uint_t) limit, plcf->online_limit);
+            ctx->limit = limit;
         }
 
         ctx->script = NGX_PRESENCE_ONLINE;
@@ -1895,6 +1902,37 @@ ngx_http_presence_media_type_ok(ngx_str_t *value)
 
 
 /*
+ * ?limit=: digits only; the setting is a cap, not an error to exceed, and
+ * so is a number too large for any integer
+ */
+
+ngx_int_t
+ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max)
+{
+    size_t      i;
+    ngx_uint_t  n;
+
+    if (value->len == 0) {
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    for (i = 0; i < value->len; i++) {
+        if (value->data[i] < '0' || value->data[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        if (n <= max) {
+            n = n * 10 + (value->data[i] - '0');
+        }
+    }
+
+    return ngx_min(n, max);
+}
+
+
+/*
  * If-None-Match: "*" or a list of entity tags; the comparison is weak
  * (RFC 9110, 13.1.2), so W/"x" matches "x".  etag includes its quotes.
  */
@@ -2395,6 +2433,36 @@ ngx_http_presence_check_prefix(ngx_conf_t *cf, void *post, void *data)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_presence_check_bounds(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t *bounds = post;
+    ngx_int_t             *np = data;
+
+    u_char  *p;
+
+    if (*np >= bounds->low && (bounds->high == -1 || *np <= bounds->high)) {
+        return NGX_CONF_OK;
+    }
+
+    p = ngx_pnalloc(cf->pool,
+                    sizeof("must be between  and ") + 2 * NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (bounds->high == -1) {
+        ngx_sprintf(p, "must be %i or more%Z", bounds->low);
+
+    } else {
+        ngx_sprintf(p, "must be between %i and %i%Z",
+                    bounds->low, bounds->high);
+    }
+
+    return (char *) p;
 }
 
 

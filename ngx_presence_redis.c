@@ -155,7 +155,8 @@ ngx_presence_redis_parse_address(ngx_conf_t *cf,
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in redis address \"%V\"", u.err, &u.url);
+                               "%s in \"%V\" of the \"presence_redis\" "
+                               "directive", u.err, &u.url);
         }
 
         return NGX_CONF_ERROR;
@@ -163,8 +164,9 @@ ngx_presence_redis_parse_address(ngx_conf_t *cf,
 
     if (u.uri.len || u.naddrs == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid redis address \"%V\": expected "
-                           "\"host:port\" or \"unix:/path\"", &u.url);
+                           "invalid address \"%V\" of the \"presence_redis\" "
+                           "directive: expected \"host:port\" or "
+                           "\"unix:/path\"", &u.url);
         return NGX_CONF_ERROR;
     }
 
