@@ -163,6 +163,12 @@
         return;
       }
       recovered();
+      // where nginx takes the identity from authentication
+      // (presence_heartbeat $remote_user), the server's name is the one
+      if (data && typeof data.user_id === 'string' && data.user_id !== state.name) {
+        state.name = data.user_id;
+        render();
+      }
       state.ttl = Number(data && data.ttl) || state.ttl || 10;
       $ttl.text(state.ttl);
       if (!state.online) {
