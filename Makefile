@@ -11,6 +11,7 @@ SHELL := /bin/bash
 #   make deb        build/deb/libnginx-mod-http-presence_<version>_<arch>.deb
 #   make deb-test   build the .deb, install it with apt-get, serve through the
 #                   stock nginx, purge it (t/21-deb.t with DEB_TEST=1)
+#   make bench      build, run the benchmark (bench/run; DURATION=, QUICK=1)
 #
 # NGINX_SRC is a configured nginx source tree with a conf_flags file, as
 # Debian's nginx-dev installs it; for another nginx see the README.
@@ -26,7 +27,7 @@ SOURCES    := config ngx_http_presence_module.c ngx_presence_redis.c \
               ngx_presence.h
 PROVE_ARGS ?=
 
-.PHONY: all deps run test clean
+.PHONY: all deps run test bench clean
 
 all: $(MODULE)
 
@@ -57,6 +58,11 @@ test: $(MODULE)
 	@tools/deps test browser
 	TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) \
 	    prove $(PROVE_ARGS) t/
+
+bench: $(MODULE)
+	@tools/deps bench
+	BENCH_COMMAND="make bench" NGINX=$(NGINX) MODULE=$(MODULE) \
+	    BENCH_DIR=$(BUILD)/bench bench/run
 
 clean:
 	rm -rf $(BUILD)
