@@ -12,6 +12,8 @@ SHELL := /bin/bash
 #   make deb-test   build the .deb, install it with apt-get, serve through the
 #                   stock nginx, purge it (t/21-deb.t with DEB_TEST=1)
 #   make bench      build, run the benchmark (bench/run; DURATION=, QUICK=1)
+#   make soak       build, 2 minutes of load under Redis and reload faults
+#                   (tools/soak; SOAK_SECONDS=)
 #
 # NGINX_SRC is a configured nginx source tree with a conf_flags file, as
 # Debian's nginx-dev installs it; for another nginx see the README.
@@ -55,7 +57,7 @@ run: $(MODULE)
 	@tools/run
 
 test: $(MODULE)
-	@tools/deps test browser
+	@tools/deps test browser $(if $(TEST_NGINX_VALGRIND),valgrind)
 	TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) \
 	    prove $(PROVE_ARGS) t/
 
@@ -63,6 +65,17 @@ bench: $(MODULE)
 	@tools/deps bench
 	BENCH_COMMAND="make bench" NGINX=$(NGINX) MODULE=$(MODULE) \
 	    BENCH_DIR=$(BUILD)/bench bench/run
+
+# The soak: wrk load on 2 workers while Redis is killed, frozen and nginx
+# reloaded (tools/soak); figures in $(BUILD)/soak.  SOAK_SECONDS=600 runs
+# it longer.
+SOAK_SECONDS ?= 120
+
+.PHONY: soak
+soak: $(MODULE)
+	@tools/deps test bench
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DIR=$(BUILD)/soak \
+	    TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) tools/soak
 
 clean:
 	rm -rf $(BUILD)

@@ -132,6 +132,7 @@ static ngx_http_presence_cache_node_t *ngx_http_presence_cache_lookup(
 static void ngx_http_presence_cache_store(
     ngx_http_presence_cache_node_t *node, ngx_str_t *body, ngx_str_t *etag);
 static void ngx_http_presence_cache_evict(ngx_msec_t age);
+static void ngx_http_presence_cache_free(void);
 static ngx_int_t ngx_http_presence_send_listing(ngx_http_request_t *r,
     ngx_str_t *body, ngx_str_t *etag);
 static ngx_int_t ngx_http_presence_fail(ngx_http_request_t *r,
@@ -1376,6 +1377,35 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
 
 /* body and etag must live as long as the request */
 
+/*
+ * At exit: the module is unloaded next, and what only its static variables
+ * point to would be a leak to valgrind.
+ */
+
+static void
+ngx_http_presence_cache_free(void)
+{
+    ngx_queue_t                     *q;
+    ngx_http_presence_cache_node_t  *node;
+
+    while (!ngx_queue_empty(&ngx_http_presence_cache_queue)) {
+
+        q = ngx_queue_head(&ngx_http_presence_cache_queue);
+        node = ngx_queue_data(q, ngx_http_presence_cache_node_t, queue);
+
+        ngx_queue_remove(q);
+
+        if (node->body.data) {
+            ngx_free(node->body.data);
+        }
+
+        ngx_free(node);
+    }
+
+    ngx_http_presence_cache_count = 0;
+}
+
+
 static ngx_int_t
 ngx_http_presence_send_listing(ngx_http_request_t *r, ngx_str_t *body,
     ngx_str_t *etag)
@@ -2034,6 +2064,8 @@ ngx_http_presence_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_presence_redis_exit_process(cycle);
+
+    ngx_http_presence_cache_free();
 
     if (ngx_presence_worker != &ngx_http_presence_local_worker) {
         ngx_presence_worker->connected = 0;

@@ -400,6 +400,7 @@ sub check_log {
         $ng->stop;
         my @bad;
         for my $f ($ng->error_log, $ng->stderr_log) {
+            next unless -e $f;
             for my $line (split /\n/, slurp($f)) {
                 push @bad, $line
                     if $line =~ /\[(?:alert|crit|emerg)\]|Sanitizer
@@ -408,6 +409,10 @@ sub check_log {
         }
         $tb->ok(!@bad, "no alert, crit or crash in $ng->{dir}/error.log")
             or $tb->diag(join "\n", @bad[0 .. ($#bad > 20 ? 20 : $#bad)]);
+        next unless $ENV{TEST_NGINX_VALGRIND};
+        my $vg = join '', map { slurp($_) } glob "$ng->{dir}/valgrind.*.log";
+        $tb->ok($vg !~ /\S/, "no valgrind error in $ng->{dir}")
+            or $tb->diag(substr $vg, 0, 4000);
     }
 }
 
@@ -927,6 +932,12 @@ sub new {
         dir => $dir, port => $o{port} // Presence::Test::free_port(),
         workers => $o{workers} // 1,
     }, $class;
+    # valgrind runs one nginx process, with no workers to count or reload
+    if ($ENV{TEST_NGINX_VALGRIND} && $self->{workers} > 1) {
+        my $tb = Test::More->builder;
+        croak "several workers are not for valgrind" if $tb->current_test;
+        $tb->skip_all('needs several worker processes: not under valgrind');
+    }
     mkdir "$dir/html";
     for my $f (keys %{ $o{files} || {} }) {
         Presence::Test::spew("$dir/html/$f", $o{files}{$f});
@@ -958,7 +969,9 @@ sub command {
     if ($ENV{TEST_NGINX_VALGRIND}) {
         unshift @cmd, 'valgrind', '--quiet', '--error-exitcode=99',
             '--leak-check=full', '--show-leak-kinds=definite',
-            '--trace-children=no', "--log-file=$self->{dir}/valgrind.log";
+            '--errors-for-leak-kinds=definite', '--num-callers=30',
+            "--suppressions=$FindBin::Bin/valgrind.supp",
+            '--trace-children=no', "--log-file=$self->{dir}/valgrind.%p.log";
         push @cmd, '-g', 'daemon off; master_process off;';
     } else {
         push @cmd, '-g', 'daemon off; master_process on;';
@@ -994,12 +1007,23 @@ sub start {
 sub worker_pids {
     my ($self) = @_;
     return () unless $self->{pid};
+    # under valgrind the single process is the worker
+    return ($self->{pid}) if $ENV{TEST_NGINX_VALGRIND};
     return Presence::Test::child_pids($self->{pid});
 }
 
-# nginx -s reload: returns once the new workers run
+# nginx -s reload: returns once the new workers run.  Under valgrind,
+# where master_process is off and a reload would not start a new worker
+# (init_process runs once), the process quits gracefully and starts again:
+# the old "worker" still finishes what it has in flight.
 sub reload {
     my ($self) = @_;
+    if ($ENV{TEST_NGINX_VALGRIND}) {
+        my $old = $self->{pid};
+        defined $self->quit(60) or croak "reload: nginx did not quit";
+        $self->start;
+        return ($old);
+    }
     my %old = map { $_ => 1 } $self->worker_pids;
     kill 'HUP', $self->{pid} or croak "HUP: $!";
     my $ok = Presence::Test::wait_for(sub {
