@@ -5,6 +5,7 @@ SHELL := /bin/bash
 #   make            build build/ngx_http_presence_module.so
 #   make run        build, start redis-server and nginx on :8080
 #   make test       build, run the test suite (t/*.t) with prove
+#   make test-asan  the suite against an ASan+UBSan build (build/asan)
 #   make install    build, install the module, its load snippet and the page
 #                   (DESTDIR, PREFIX, MODULES_PATH: see tools/install)
 #   make uninstall  remove exactly what make install put there
@@ -29,7 +30,7 @@ SOURCES    := config ngx_http_presence_module.c ngx_presence_redis.c \
               ngx_presence.h
 PROVE_ARGS ?=
 
-.PHONY: all deps run test bench clean
+.PHONY: all deps run test test-asan bench clean
 
 all: $(MODULE)
 
@@ -55,6 +56,20 @@ $(MODULE): $(BUILD)/nginx/objs/Makefile $(SOURCES)
 run: $(MODULE)
 	@tools/deps run
 	@tools/run
+
+# the same suite against the module built with AddressSanitizer and
+# UndefinedBehaviorSanitizer, run in the stock nginx with their runtimes
+# preloaded (the browser and packaging tests do not preload them)
+ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+test-asan:
+	$(MAKE) BUILD=$(BUILD)/asan CC_OPT="-O1 -g $(ASAN_FLAGS)" \
+	    LD_OPT="$(ASAN_FLAGS)" all
+	@tools/deps test
+	TEST_NGINX_MODULE=$(BUILD)/asan/ngx_http_presence_module.so \
+	    TEST_NGINX_BINARY=$(NGINX) \
+	    TEST_NGINX_ASAN="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	    prove $(PROVE_ARGS) t/0*.t t/1*.t
 
 test: $(MODULE)
 	@tools/deps test browser $(if $(TEST_NGINX_VALGRIND),valgrind)

@@ -403,7 +403,7 @@ sub check_log {
             next unless -e $f;
             for my $line (split /\n/, slurp($f)) {
                 push @bad, $line
-                    if $line =~ /\[(?:alert|crit|emerg)\]|Sanitizer
+                    if $line =~ /\[(?:alert|crit|emerg)\]|Sanitizer|runtime\ error
                                  |exited\ on\ signal|open\ socket/x;
             }
         }
@@ -465,14 +465,26 @@ sub nginx_conf {
 
 # test_config($http_text, %opt) -> (exit code, output) of `nginx -t`
 # (%opt as for start_nginx: main, vars, workers)
+# TEST_NGINX_ASAN="libasan.so libubsan.so" (make test-asan): nginx, and
+# nginx alone, runs with the sanitizer runtimes preloaded, as a module
+# built with -fsanitize needs in a stock nginx.  Reports go to stderr,
+# which check_log reads.  Leaks are valgrind's job here: LeakSanitizer
+# would also count what nginx itself leaves to process exit.
+sub sanitizer_env {
+    return () unless $ENV{TEST_NGINX_ASAN};
+    return ('env', "LD_PRELOAD=$ENV{TEST_NGINX_ASAN}",
+            'ASAN_OPTIONS=detect_leaks=0:print_summary=1',
+            'UBSAN_OPTIONS=print_stacktrace=1:print_summary=1');
+}
+
 sub test_config {
     my ($http, %o) = @_;
     my $dir = new_dir('conf');
     my $conf = "$dir/nginx.conf";
     spew($conf, nginx_conf(%o, http => $http, dir => $dir,
                            port => $o{port} // free_port()));
-    return run_capture($NGINX, '-t', '-p', "$dir/", '-c', $conf,
-                       '-e', "$dir/error.log");
+    return run_capture(sanitizer_env(), $NGINX, '-t', '-p', "$dir/",
+                       '-c', $conf, '-e', "$dir/error.log");
 }
 
 sub start_redis { Presence::Test::Redis->new(@_) }
@@ -964,7 +976,8 @@ sub log_text   { Presence::Test::slurp($_[0]->error_log) }
 # off), which is what valgrind needs; signals then go to that process.
 sub command {
     my ($self, @extra) = @_;
-    my @cmd = ($NGINX, '-p', "$self->{dir}/", '-c', $self->{conf},
+    my @cmd = (Presence::Test::sanitizer_env(),
+               $NGINX, '-p', "$self->{dir}/", '-c', $self->{conf},
                '-e', $self->error_log);
     if ($ENV{TEST_NGINX_VALGRIND}) {
         unshift @cmd, 'valgrind', '--quiet', '--error-exitcode=99',
