@@ -6,6 +6,7 @@ SHELL := /bin/bash
 #   make run        build, start redis-server and nginx on :8080
 #   make test       build, run the test suite (t/*.t) with prove
 #   make test-asan  the suite against an ASan+UBSan build (build/asan)
+#   make fuzz       libFuzzer on the input parsers (FUZZ_SECONDS=60 each)
 #   make install    build, install the module, its load snippet and the page
 #                   (DESTDIR, PREFIX, MODULES_PATH: see tools/install)
 #   make uninstall  remove exactly what make install put there
@@ -27,10 +28,11 @@ LD_OPT     ?=
 
 MODULE     := $(BUILD)/ngx_http_presence_module.so
 SOURCES    := config ngx_http_presence_module.c ngx_presence_redis.c \
-              ngx_presence.h
+              ngx_presence.h ngx_http_presence_input.c \
+              ngx_http_presence_input.h
 PROVE_ARGS ?=
 
-.PHONY: all deps run test test-asan bench clean
+.PHONY: all deps run test test-asan fuzz bench clean
 
 all: $(MODULE)
 
@@ -71,8 +73,14 @@ test-asan:
 	    TEST_NGINX_ASAN="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	    prove $(PROVE_ARGS) t/0*.t t/1*.t
 
+# libFuzzer targets over the functions that read untrusted input
+# (fuzz/*.c); FUZZ_SECONDS per target, default 60
+fuzz: $(MODULE)
+	@tools/deps fuzz
+	tools/fuzz
+
 test: $(MODULE)
-	@tools/deps test browser $(if $(TEST_NGINX_VALGRIND),valgrind)
+	@tools/deps test browser fuzz $(if $(TEST_NGINX_VALGRIND),valgrind)
 	TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) \
 	    prove $(PROVE_ARGS) t/
 

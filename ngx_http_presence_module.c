@@ -11,9 +11,9 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <ngx_md5.h>
-#include <cjson/cJSON.h>
 
 #include "ngx_presence.h"
+#include "ngx_http_presence_input.h"
 
 
 #define NGX_HTTP_PRESENCE_HEARTBEAT  1
@@ -102,20 +102,7 @@ typedef struct {
 } ngx_http_presence_err_t;
 
 
-/* above zero: never confused with NGX_OK and NGX_ERROR of the helpers */
 
-typedef enum {
-    NGX_HTTP_PRESENCE_ERR_USER = 1,
-    NGX_HTTP_PRESENCE_ERR_ROOM,
-    NGX_HTTP_PRESENCE_ERR_JSON,
-    NGX_HTTP_PRESENCE_ERR_LIMIT,
-    NGX_HTTP_PRESENCE_ERR_IDENTITY,
-    NGX_HTTP_PRESENCE_ERR_METHOD,
-    NGX_HTTP_PRESENCE_ERR_TOO_LARGE,
-    NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE,
-    NGX_HTTP_PRESENCE_ERR_UNAVAILABLE,
-    NGX_HTTP_PRESENCE_ERR_TIMEOUT
-} ngx_http_presence_err_e;
 
 
 static ngx_int_t ngx_http_presence_update_handler(ngx_http_request_t *r);
@@ -161,12 +148,6 @@ static ngx_int_t ngx_http_presence_add_header(ngx_http_request_t *r,
 static size_t ngx_http_presence_json_len(ngx_str_t *s);
 static u_char *ngx_http_presence_json_str(u_char *p, ngx_str_t *s);
 
-ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
-ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
-    ngx_str_t *user, ngx_pool_t *pool);
-ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
-ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
-ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
 
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);
 static u_char *ngx_http_presence_status_json(u_char *p,
@@ -554,8 +535,16 @@ ngx_http_presence_body_handler(ngx_http_request_t *r)
     rc = ngx_http_presence_read_body(r, &body);
 
     if (rc == NGX_OK) {
-        rc = ngx_http_presence_parse_json(body.data, body.len, &ctx->user,
-                                          r->pool);
+        /* a JSON string decodes to no more bytes than it takes */
+
+        ctx->user.data = ngx_pnalloc(r->pool, body.len);
+        if (ctx->user.data == NULL) {
+            rc = NGX_ERROR;
+
+        } else {
+            rc = ngx_http_presence_parse_json(body.data, body.len,
+                                              &ctx->user);
+        }
     }
 
     if (rc == NGX_OK
@@ -1765,256 +1754,6 @@ ngx_http_presence_json_str(u_char *p, ngx_str_t *s)
     *p++ = '"';
 
     return p;
-}
-
-
-/*
- * The functions below read untrusted input.  They are pure (no request,
- * no I/O) so that a fuzzer can drive them directly.
- */
-
-
-/* a user id or a room: 1..max bytes of UTF-8 without control characters */
-
-ngx_int_t
-ngx_http_presence_valid_id(u_char *p, size_t len, size_t max)
-{
-    u_char    *end;
-    uint32_t   u;
-
-    if (len == 0 || len > max) {
-        return 0;
-    }
-
-    end = p + len;
-
-    while (p < end) {
-
-        if (*p < 0x80) {
-            if (*p < 0x20 || *p == 0x7f) {
-                return 0;
-            }
-
-            p++;
-            continue;
-        }
-
-        /* rejects truncated, overlong and out of range sequences */
-        u = ngx_utf8_decode(&p, end - p);
-
-        if (u > 0x10ffff
-            || (u >= 0xd800 && u <= 0xdfff)
-            || (u >= 0x80 && u <= 0x9f))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
-}
-
-
-/* a JSON "\u0000" escape, which cJSON would silently cut a string at */
-
-static ngx_int_t
-ngx_http_presence_has_nul_escape(u_char *p, size_t len)
-{
-    u_char  *end;
-
-    end = p + len;
-
-    while (p < end) {
-
-        if (*p++ != '\\' || p == end) {
-            continue;
-        }
-
-        if (*p == 'u' && end - p >= 5 && ngx_strncmp(p + 1, "0000", 4) == 0) {
-            return 1;
-        }
-
-        /* skip the escaped character: "\\u0000" is no NUL */
-        p++;
-    }
-
-    return 0;
-}
-
-
-/*
- * A heartbeat or leave body: one JSON object with a string "user_id",
- * nothing but whitespace after it.  p must be null-terminated at p[len].
- * Returns NGX_OK with the user id in the pool, NGX_ERROR when out of
- * memory, or the error to answer with.
- */
-
-ngx_int_t
-ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user,
-    ngx_pool_t *pool)
-{
-    u_char       *end;
-    cJSON        *json, *item;
-    ngx_int_t     rc;
-    const char   *parsed;
-
-    json = cJSON_ParseWithLengthOpts((char *) p, len, &parsed, 0);
-
-    if (json == NULL) {
-        return NGX_HTTP_PRESENCE_ERR_JSON;
-    }
-
-    rc = NGX_HTTP_PRESENCE_ERR_JSON;
-
-    for (end = (u_char *) parsed; end < p + len; end++) {
-        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
-            goto done;
-        }
-    }
-
-    if (!cJSON_IsObject(json)) {
-        goto done;
-    }
-
-    rc = NGX_HTTP_PRESENCE_ERR_USER;
-
-    item = cJSON_GetObjectItemCaseSensitive(json, "user_id");
-
-    if (!cJSON_IsString(item) || ngx_http_presence_has_nul_escape(p, len)) {
-        goto done;
-    }
-
-    user->len = ngx_strlen(item->valuestring);
-    user->data = ngx_pnalloc(pool, user->len);
-
-    if (user->data == NULL) {
-        rc = NGX_ERROR;
-        goto done;
-    }
-
-    ngx_memcpy(user->data, item->valuestring, user->len);
-
-    rc = NGX_OK;
-
-done:
-
-    cJSON_Delete(json);
-
-    return rc;
-}
-
-
-/* application/json (with any parameters) or text/plain (sendBeacon) */
-
-ngx_int_t
-ngx_http_presence_media_type_ok(ngx_str_t *value)
-{
-    size_t   len;
-    u_char  *p, *end;
-
-    p = value->data;
-    end = p + value->len;
-
-    while (p < end && (*p == ' ' || *p == '\t')) {
-        p++;
-    }
-
-    for (len = 0; p + len < end && p[len] != ';'; len++) { /* void */ }
-
-    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) {
-        len--;
-    }
-
-    return (len == 16 && ngx_strncasecmp(p, (u_char *) "application/json", 16)
-                         == 0)
-           || (len == 10 && ngx_strncasecmp(p, (u_char *) "text/plain", 10)
-                            == 0);
-}
-
-
-/*
- * ?limit=: digits only; the setting is a cap, not an error to exceed, and
- * so is a number too large for any integer
- */
-
-ngx_int_t
-ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max)
-{
-    size_t      i;
-    ngx_uint_t  n;
-
-    if (value->len == 0) {
-        return NGX_ERROR;
-    }
-
-    n = 0;
-
-    for (i = 0; i < value->len; i++) {
-        if (value->data[i] < '0' || value->data[i] > '9') {
-            return NGX_ERROR;
-        }
-
-        if (n <= max) {
-            n = n * 10 + (value->data[i] - '0');
-        }
-    }
-
-    return ngx_min(n, max);
-}
-
-
-/*
- * If-None-Match: "*" or a list of entity tags; the comparison is weak
- * (RFC 9110, 13.1.2), so W/"x" matches "x".  etag includes its quotes.
- */
-
-ngx_int_t
-ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag)
-{
-    u_char  *p, *end, *start;
-
-    p = header->data;
-    end = p + header->len;
-
-    for ( ;; ) {
-
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        if (p == end) {
-            return 0;
-        }
-
-        if (*p == '*') {
-            return 1;
-        }
-
-        if (end - p >= 2 && p[0] == 'W' && p[1] == '/') {
-            p += 2;
-        }
-
-        if (*p != '"') {
-            return 0;
-        }
-
-        start = p++;
-
-        while (p < end && *p != '"') {
-            p++;
-        }
-
-        if (p == end) {
-            return 0;
-        }
-
-        p++;
-
-        if ((size_t) (p - start) == etag->len
-            && ngx_memcmp(start, etag->data, etag->len) == 0)
-        {
-            return 1;
-        }
-    }
 }
 
 

@@ -1,0 +1,46 @@
+
+/*
+ * ngx_http_presence_module: reading untrusted input.
+ *
+ * Pure functions (no request, no pool, no I/O, no nginx function calls)
+ * so that the libFuzzer targets in fuzz/ drive the very code the module
+ * runs.
+ */
+
+
+#ifndef _NGX_HTTP_PRESENCE_INPUT_H_INCLUDED_
+#define _NGX_HTTP_PRESENCE_INPUT_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/*
+ * The errors the module answers with.  Above zero: never confused with
+ * NGX_OK and NGX_ERROR, which the same helpers return.
+ */
+
+typedef enum {
+    NGX_HTTP_PRESENCE_ERR_USER = 1,
+    NGX_HTTP_PRESENCE_ERR_ROOM,
+    NGX_HTTP_PRESENCE_ERR_JSON,
+    NGX_HTTP_PRESENCE_ERR_LIMIT,
+    NGX_HTTP_PRESENCE_ERR_IDENTITY,
+    NGX_HTTP_PRESENCE_ERR_METHOD,
+    NGX_HTTP_PRESENCE_ERR_TOO_LARGE,
+    NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE,
+    NGX_HTTP_PRESENCE_ERR_UNAVAILABLE,
+    NGX_HTTP_PRESENCE_ERR_TIMEOUT
+} ngx_http_presence_err_e;
+
+
+ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
+ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
+    ngx_str_t *user);
+ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
+ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
+ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
+
+
+#endif /* _NGX_HTTP_PRESENCE_INPUT_H_INCLUDED_ */
