@@ -1242,16 +1242,7 @@ ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
 
 invalid:
 
-    if (reply->type == REDIS_REPLY_ERROR) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "presence: redis error: %*s",
-                      (size_t) reply->len, reply->str);
-
-    } else {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "presence: unexpected redis reply of type %d",
-                      reply->type);
-    }
+    ngx_presence_redis_unexpected(reply);
 
     return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
 }
@@ -1274,8 +1265,7 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
         || reply->element[0]->type != REDIS_REPLY_INTEGER
         || reply->element[1]->type != REDIS_REPLY_ARRAY)
     {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "presence: unexpected redis reply to a listing");
+        ngx_presence_redis_unexpected(reply);
         return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
     }
 
@@ -1294,8 +1284,7 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
 
     for (i = 0; i < list->elements; i++) {
         if (list->element[i]->type != REDIS_REPLY_STRING) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "presence: unexpected member in a redis listing");
+            ngx_presence_redis_unexpected(list->element[i]);
             return ngx_http_presence_error(r,
                                            NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
         }

@@ -86,6 +86,7 @@ ngx_presence_cmd_t *ngx_presence_redis_eval(ngx_uint_t script,
     ngx_presence_reply_pt handler, void *data, ngx_log_t *log);
 void ngx_presence_redis_detach(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_timed_out(void);
+void ngx_presence_redis_unexpected(redisReply *reply);
 
 extern ngx_presence_counters_t  *ngx_presence_counters;
 extern ngx_presence_worker_t    *ngx_presence_worker;

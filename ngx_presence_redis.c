@@ -60,6 +60,7 @@ typedef struct {
     ngx_uint_t                     failures;
 
     unsigned                       exiting:1;
+    unsigned                       unexpected:1;
 } ngx_presence_redis_t;
 
 
@@ -329,6 +330,7 @@ ngx_presence_redis_connect(void)
     rds->ac = ac;
     rds->state = NGX_PRESENCE_CONNECTING;
     rds->timeouts = 0;
+    rds->unexpected = 0;
 
     /* the adapter is in place: this arms the write event */
     redisAsyncSetConnectCallback(ac, ngx_presence_redis_on_connect);
@@ -659,6 +661,42 @@ ngx_presence_redis_timed_out(void)
     {
         ngx_post_event(&rds->drop, &ngx_posted_events);
     }
+}
+
+
+/*
+ * A reply the scripts never give: an error (WRONGTYPE, OOM, READONLY...)
+ * or another type.  Every request then answers 503; the log says so once
+ * per connection, without a request's context (the URL may hold a user
+ * id), so that a misconfigured Redis does not write a line per request.
+ */
+
+void
+ngx_presence_redis_unexpected(redisReply *reply)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    if (rds->unexpected) {
+        return;
+    }
+
+    rds->unexpected = 1;
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                      "presence: redis at \"%V\" answers an error, requests "
+                      "get 503 (logged once per connection): %*s",
+                      &rds->conf->name, (size_t) reply->len, reply->str);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                  "presence: redis at \"%V\" answers a reply of type %d "
+                  "where the scripts give another, requests get 503 "
+                  "(logged once per connection)",
+                  &rds->conf->name, reply->type);
 }
 
 

@@ -434,12 +434,12 @@ EOF
     my @body_leaks = grep { !/request: "GET \/online\?user_id=\Q$ID\E / } @leaks;
     ok(!@body_leaks, 'log: the id never on a line above info')
         or diag join "\n", @body_leaks;
-  TODO: {
-        local $TODO = 'a redis error reply is logged at error with the '
-            . 'request line, which holds the id of a ?user_id= lookup';
-        ok(!@leaks, 'log: not even the request line of a lookup')
-            or diag join "\n", @leaks;
-    }
+    ok(!@leaks, 'log: not even the request line of a lookup')
+        or diag join "\n", @leaks;
+    my @answers = grep { /answers an error/ } @above;
+    ok(@answers >= 1 && @answers <= 2,
+       'log: an error reply of redis logged once per connection, '
+       . 'not once per request') or diag join "\n", @answers;
     check_log($nl);
 }
 
