@@ -169,8 +169,6 @@ static char *ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_presence_room(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 static char *ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_check_msec(ngx_conf_t *cf, void *post,
@@ -253,9 +251,9 @@ static ngx_command_t  ngx_http_presence_commands[] = {
 
     { ngx_string("presence_room"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_http_presence_room,
+      ngx_http_set_complex_value_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
-      0,
+      offsetof(ngx_http_presence_loc_conf_t, room),
       NULL },
 
     { ngx_string("presence_heartbeat"),
@@ -2066,39 +2064,6 @@ ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
 
     return ngx_presence_redis_parse_address(cf, &pmcf->redis, &value[1]);
-}
-
-
-static char *
-ngx_http_presence_room(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_presence_loc_conf_t *plcf = conf;
-
-    ngx_str_t                         *value;
-    ngx_http_compile_complex_value_t   ccv;
-
-    if (plcf->room != NGX_CONF_UNSET_PTR) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    plcf->room = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
-    if (plcf->room == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-
-    ccv.cf = cf;
-    ccv.value = &value[1];
-    ccv.complex_value = plcf->room;
-
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
 }
 
 

@@ -132,6 +132,8 @@ my @bad = (
 
     # room constants that are not valid rooms
     [$loc->('presence_room "";'), 'presence_room', 'empty room'],
+    [$loc->('presence_room a; presence_room b;'), 'presence_room',
+     'is duplicate', 'room twice'],
     [$loc->('presence_room ' . ('r' x 129) . ';'), 'presence_room',
      'room of 129 bytes'],
     [$loc->('presence_room "a\tb";'), 'presence_room', 'room with a tab'],
