@@ -95,6 +95,15 @@ typedef struct {
 } ngx_http_presence_ctx_t;
 
 
+/* a member of a listing, as it is sorted and written */
+
+typedef struct {
+    uint64_t                    prefix;
+    ngx_str_t                   name;
+    size_t                      escape;
+} ngx_http_presence_member_t;
+
+
 typedef struct {
     ngx_uint_t                  status;
     ngx_str_t                   code;
@@ -137,7 +146,7 @@ static ngx_int_t ngx_http_presence_respond(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply);
 static ngx_int_t ngx_http_presence_respond_listing(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply);
-static int ngx_libc_cdecl ngx_http_presence_cmp_str(const void *one,
+static int ngx_libc_cdecl ngx_http_presence_cmp_member(const void *one,
     const void *two);
 static ngx_int_t ngx_http_presence_send(ngx_http_request_t *r,
     ngx_uint_t status, ngx_buf_t *b);
@@ -1251,17 +1260,20 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply)
 {
     u_char                         digest[16], *etag;
-    size_t                         len, i;
+    size_t                         len, i, n, nusers;
     ngx_buf_t                     *b;
-    ngx_str_t                     *users, value, body;
+    ngx_str_t                      value, body;
     ngx_md5_t                      md5;
-    redisReply                    *list;
+    redisReply                    *el;
+    ngx_http_presence_member_t    *users, *u;
     ngx_http_presence_loc_conf_t  *plcf;
 
+    /* EXEC of the count and, unless the limit is 0, the members */
+
     if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 2
+        || reply->elements != (ctx->limit ? 2 : 1)
         || reply->element[0]->type != REDIS_REPLY_INTEGER
-        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+        || (ctx->limit && reply->element[1]->type != REDIS_REPLY_ARRAY))
     {
         ngx_presence_redis_unexpected(reply);
         return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
@@ -1269,9 +1281,10 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    list = reply->element[1];
+    nusers = ctx->limit ? reply->element[1]->elements : 0;
 
-    users = ngx_palloc(r->pool, (list->elements + 1) * sizeof(ngx_str_t));
+    users = ngx_palloc(r->pool,
+                       (nusers + 1) * sizeof(ngx_http_presence_member_t));
     if (users == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -1280,23 +1293,37 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
           + ngx_http_presence_json_len(&ctx->room)
           + plcf->ttl_json.len + NGX_INT64_LEN;
 
-    for (i = 0; i < list->elements; i++) {
-        if (list->element[i]->type != REDIS_REPLY_STRING) {
-            ngx_presence_redis_unexpected(list->element[i]);
+    for (i = 0; i < nusers; i++) {
+        el = reply->element[1]->element[i];
+
+        if (el->type != REDIS_REPLY_STRING) {
+            ngx_presence_redis_unexpected(el);
             return ngx_http_presence_error(r,
                                            NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
         }
 
-        users[i].data = (u_char *) list->element[i]->str;
-        users[i].len = list->element[i]->len;
+        u = &users[i];
 
-        len += ngx_http_presence_json_len(&users[i]) + 1;
+        u->name.data = (u_char *) el->str;
+        u->name.len = el->len;
+        u->escape = ngx_escape_json(NULL, u->name.data, u->name.len);
+
+        /* the first 8 bytes, big-endian, settle most comparisons */
+
+        u->prefix = 0;
+
+        for (n = 0; n < 8; n++) {
+            u->prefix = (u->prefix << 8)
+                        | (n < u->name.len ? u->name.data[n] : 0);
+        }
+
+        len += u->name.len + u->escape + 3;
     }
 
     /* Redis gave the most recently seen first; people read names sorted */
 
-    ngx_qsort(users, list->elements, sizeof(ngx_str_t),
-              ngx_http_presence_cmp_str);
+    ngx_qsort(users, nusers, sizeof(ngx_http_presence_member_t),
+              ngx_http_presence_cmp_member);
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -1309,12 +1336,23 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
                           &plcf->ttl_json,
                           (int64_t) reply->element[0]->integer);
 
-    for (i = 0; i < list->elements; i++) {
+    for (i = 0; i < nusers; i++) {
+        u = &users[i];
+
         if (i) {
             *b->last++ = ',';
         }
 
-        b->last = ngx_http_presence_json_str(b->last, &users[i]);
+        *b->last++ = '"';
+
+        if (u->escape) {
+            b->last = (u_char *) ngx_escape_json(b->last, u->name.data,
+                                                 u->name.len);
+        } else {
+            b->last = ngx_cpymem(b->last, u->name.data, u->name.len);
+        }
+
+        *b->last++ = '"';
     }
 
     b->last = ngx_cpymem(b->last, "]}", 2);
@@ -1570,20 +1608,27 @@ ngx_http_presence_cache_evict(ngx_msec_t age)
 }
 
 
-static int ngx_libc_cdecl
-ngx_http_presence_cmp_str(const void *one, const void *two)
-{
-    ngx_int_t         rc;
-    const ngx_str_t  *a = one;
-    const ngx_str_t  *b = two;
+/* bytewise, as memcmp() orders: by the prefix first, then all of it */
 
-    rc = ngx_memcmp(a->data, b->data, ngx_min(a->len, b->len));
+static int ngx_libc_cdecl
+ngx_http_presence_cmp_member(const void *one, const void *two)
+{
+    ngx_int_t                          rc;
+    const ngx_http_presence_member_t  *a = one;
+    const ngx_http_presence_member_t  *b = two;
+
+    if (a->prefix != b->prefix) {
+        return (a->prefix < b->prefix) ? -1 : 1;
+    }
+
+    rc = ngx_memcmp(a->name.data, b->name.data,
+                    ngx_min(a->name.len, b->name.len));
 
     if (rc != 0) {
         return (int) rc;
     }
 
-    return (a->len > b->len) - (a->len < b->len);
+    return (a->name.len > b->name.len) - (a->name.len < b->name.len);
 }
 
 

@@ -39,6 +39,11 @@ struct ngx_presence_cmd_s {
     unsigned                       retried:1;
     const char                    *argv[4 + NGX_PRESENCE_MAX_ARGS];
     size_t                         argvlen[4 + NGX_PRESENCE_MAX_ARGS];
+
+    /* a listing: ZREVRANGE <key> 0 <stop>, none when the limit is 0 */
+    ngx_int_t                      limit;
+    u_char                         stop[NGX_INT_T_LEN];
+    size_t                         stop_len;
 };
 
 
@@ -78,6 +83,10 @@ static void ngx_presence_redis_handshake_reply(redisAsyncContext *ac,
     void *r, void *privdata);
 static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
+static ngx_int_t ngx_presence_redis_send(redisAsyncContext *ac,
+    ngx_presence_cmd_t *cmd);
+static ngx_int_t ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd,
+    redisReply *reply);
 
 static void ngx_presence_redis_add_read(void *data);
 static void ngx_presence_redis_del_read(void *data);
@@ -114,16 +123,12 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "return redis.call('ZCARD', KEYS[1])\n"),
 
     /*
-     * online: ARGV[1] limit; returns {count, members}, the members most
-     * recently seen first
+     * online: returns the count; the members come from a ZREVRANGE in the
+     * same MULTI, which answers straight from Redis: a thousand members
+     * through a Lua table cost Redis three times as much
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
-               "local limit = tonumber(ARGV[1])\n"
-               "local users = {}\n"
-               "if limit > 0 then\n"
-               "  users = redis.call('ZREVRANGE', KEYS[1], 0, limit - 1)\n"
-               "end\n"
-               "return {redis.call('ZCARD', KEYS[1]), users}\n"),
+               "return redis.call('ZCARD', KEYS[1])\n"),
 
     /* lookup: ARGV[1] user; returns the ms left, 0 when not online */
     ngx_string(NGX_PRESENCE_LUA_NOW
@@ -326,6 +331,12 @@ ngx_presence_redis_connect(void)
     ac->ev.addWrite = ngx_presence_redis_add_write;
     ac->ev.delWrite = ngx_presence_redis_del_write;
     ac->ev.cleanup = ngx_presence_redis_cleanup;
+
+    /*
+     * hiredis frees its read buffer after every reply over 16k by default
+     * and allocates it again for the next: listings would do that all day
+     */
+    ac->c.reader->maxbuf = 0;
 
     rds->ac = ac;
     rds->state = NGX_PRESENCE_CONNECTING;
@@ -604,6 +615,8 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
     cmd->data = data;
     cmd->script = script;
     cmd->retried = 0;
+    cmd->limit = 0;
+    cmd->stop_len = 0;
     cmd->argc = 4 + nargs;
 
     cmd->argv[0] = "EVALSHA";
@@ -625,12 +638,19 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
         p = ngx_cpymem(p, args[i].data, args[i].len);
     }
 
+    if (script == NGX_PRESENCE_ONLINE) {
+        cmd->argc = 4;
+        cmd->limit = ngx_atoi(args[0].data, args[0].len);
+
+        if (cmd->limit > 0) {
+            cmd->stop_len = ngx_sprintf(cmd->stop, "%i", cmd->limit - 1)
+                            - cmd->stop;
+        }
+    }
+
     (void) clock_gettime(CLOCK_MONOTONIC, &cmd->start);
 
-    if (redisAsyncCommandArgv(rds->ac, ngx_presence_redis_reply, cmd,
-                              cmd->argc, cmd->argv, cmd->argvlen)
-        != REDIS_OK)
-    {
+    if (ngx_presence_redis_send(rds->ac, cmd) != NGX_OK) {
         ngx_free(cmd);
         return NULL;
     }
@@ -638,6 +658,60 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
     ngx_presence_worker->in_flight++;
 
     return cmd;
+}
+
+
+/*
+ * One EVALSHA (or EVAL); a listing is MULTI, the script, ZREVRANGE, EXEC,
+ * and only the reply of EXEC, [count, members], comes to the handler.
+ */
+
+static ngx_int_t
+ngx_presence_redis_send(redisAsyncContext *ac, ngx_presence_cmd_t *cmd)
+{
+    size_t       len[4];
+    const char  *argv[4];
+
+    if (cmd->script != NGX_PRESENCE_ONLINE) {
+        return (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd,
+                                      cmd->argc, cmd->argv, cmd->argvlen)
+                == REDIS_OK) ? NGX_OK : NGX_ERROR;
+    }
+
+    argv[0] = "MULTI";
+    len[0] = 5;
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, len) != REDIS_OK
+        || redisAsyncCommandArgv(ac, NULL, NULL, cmd->argc, cmd->argv,
+                                 cmd->argvlen)
+           != REDIS_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (cmd->limit > 0) {
+        argv[0] = "ZREVRANGE";
+        len[0] = 9;
+        argv[1] = cmd->argv[3];
+        len[1] = cmd->argvlen[3];
+        argv[2] = "0";
+        len[2] = 1;
+        argv[3] = (char *) cmd->stop;
+        len[3] = cmd->stop_len;
+
+        if (redisAsyncCommandArgv(ac, NULL, NULL, 4, argv, len)
+            != REDIS_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    argv[0] = "EXEC";
+    len[0] = 4;
+
+    return (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd, 1, argv,
+                                  len)
+            == REDIS_OK) ? NGX_OK : NGX_ERROR;
 }
 
 
@@ -731,11 +805,7 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         return;
     }
 
-    if (reply
-        && reply->type == REDIS_REPLY_ERROR
-        && !cmd->retried
-        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
-    {
+    if (reply && !cmd->retried && ngx_presence_redis_noscript(cmd, reply)) {
         /*
          * The script cache was flushed (Redis restarted, SCRIPT FLUSH):
          * send the script itself once, which also caches it again.
@@ -747,10 +817,7 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
         cmd->argv[1] = (char *) ngx_presence_scripts[cmd->script].data;
         cmd->argvlen[1] = ngx_presence_scripts[cmd->script].len;
 
-        if (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd,
-                                  cmd->argc, cmd->argv, cmd->argvlen)
-            == REDIS_OK)
-        {
+        if (ngx_presence_redis_send(ac, cmd) == NGX_OK) {
             ngx_presence_worker->in_flight++;
             return;
         }
@@ -761,6 +828,29 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     cmd->handler(cmd->data, reply);
 
     ngx_free(cmd);
+}
+
+
+/*
+ * The script is not in Redis's cache.  In a MULTI, Redis refuses the
+ * EVALSHA when it is queued (EXECABORT) or, in older versions, answers
+ * NOSCRIPT in its place in the reply of EXEC.
+ */
+
+static ngx_int_t
+ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd, redisReply *reply)
+{
+    if (cmd->script == NGX_PRESENCE_ONLINE
+        && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements > 0)
+    {
+        reply = reply->element[0];
+    }
+
+    return reply->type == REDIS_REPLY_ERROR
+           && (ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+               || (cmd->script == NGX_PRESENCE_ONLINE
+                   && ngx_strncmp(reply->str, "EXECABORT", 9) == 0));
 }
 
 

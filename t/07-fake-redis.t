@@ -45,7 +45,15 @@ sub nginx_for {
 # handshake as Redis does it, then whatever the test set per command name
 my $scripted = sub {
     my ($argv, $st) = @_;
-    return fake_std($argv, $st) // fake_reply($st, uc $argv->[0]);
+    my $std = fake_std($argv, $st);
+    return $std if defined $std;
+    my $name = uc $argv->[0];
+    my $reply = fake_reply($st, $name);
+    # reply.EXEC_NEXT: what the EXEC after this one gets
+    if ($name eq 'EXEC' && defined fake_reply($st, 'EXEC_NEXT')) {
+        rename "$st->{dir}/reply.EXEC_NEXT", "$st->{dir}/reply.EXEC";
+    }
+    return $reply;
 };
 
 sub loaded {
@@ -104,28 +112,40 @@ my $KEY = 'presence:{global}';
     ok($sha{ $e->[1] } && $e->[1] ne $hb_sha, '  with another script');
     my $leave_sha = $e->[1];
 
-    # online: [count, members most recent first]
-    $fake->set_reply('EVALSHA', resp_array(resp_int(7),
+    # online: MULTI, EVALSHA (prune, count), ZREVRANGE (members most
+    # recent first), EXEC; the reply of EXEC is [count, members]
+    $fake->set_reply('EXEC', resp_array(resp_int(7),
         resp_array(map { resp_bulk($_) } qw(zed amy Bob))));
+    my $n = () = $fake->commands;
     $res = $ng->get('/online');
     json_ok($res, 'online through the fake');
     is_deeply($res->{json}, { room => 'global', ttl => 10, count => 7,
                               users => [qw(Bob amy zed)] },
               '  count from redis, members sorted');
-    $e = (evals($fake))[-1];
-    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, '1000'],
-              '  EVALSHA 1 key limit (default 1000)');
-    my $online_sha = $e->[1];
+    my @tx = ($fake->commands)[$n .. $n + 3];
+    is_deeply([map { uc $_->[0] } @tx], [qw(MULTI EVALSHA ZREVRANGE EXEC)],
+              '  one transaction: MULTI, EVALSHA, ZREVRANGE, EXEC');
+    is_deeply([@{ $tx[1] }[2 .. $#{ $tx[1] }]], ['1', $KEY],
+              '  EVALSHA 1 key');
+    is_deeply([@{ $tx[2] }[1 .. 3]], [$KEY, '0', '999'],
+              '  ZREVRANGE key 0 999 (limit 1000)');
+    my $online_sha = $tx[1][1];
     ok($sha{$online_sha} && $online_sha ne $hb_sha
        && $online_sha ne $leave_sha, '  with a third script');
 
     $res = $ng->get('/online?limit=2');
-    $e = (evals($fake))[-1];
-    is($e->[-1], '2', '?limit=2 is passed to the script');
+    my $z = (grep { uc $_->[0] eq 'ZREVRANGE' } $fake->commands)[-1];
+    is($z->[-1], '1', '?limit=2: ZREVRANGE key 0 1');
+
+    # limit 0: no ZREVRANGE, EXEC answers [count]
+    $fake->set_reply('EXEC', resp_array(resp_int(7)));
+    $n = () = $fake->commands;
     $res = $ng->get('/online?limit=0');
-    $e = (evals($fake))[-1];
-    ok($res->{status} == 200 && $e->[-1] eq '0', '?limit=0 is passed as 0')
+    is_deeply($res->{json}, { room => 'global', ttl => 10, count => 7,
+                              users => [] }, '?limit=0: the count alone')
         or diag $res->{raw};
+    is_deeply([map { uc $_->[0] } ($fake->commands)[$n .. $n + 2]],
+              [qw(MULTI EVALSHA EXEC)], '  and no ZREVRANGE');
 
     # lookup
     $fake->set_reply('EVALSHA', resp_int(7312));
@@ -164,6 +184,27 @@ my $KEY = 'presence:{global}';
     $res = $ng->post('/hb', { user_id => 'bob' });
     api_error_ok($res, 503, 'redis_unavailable', 'NOSCRIPT, then EVAL fails: 503');
 
+    # a listing: Redis refuses the queued EVALSHA (EXECABORT), or answers
+    # NOSCRIPT in its place; the transaction goes again with EVAL
+    for my $refusal (resp_err('EXECABORT Transaction discarded because of '
+                              . 'previous errors.'),
+                     resp_array(resp_err('NOSCRIPT No matching script.'),
+                                resp_array()))
+    {
+        $fake->set_reply('EXEC', $refusal);
+        $n = () = $fake->commands;
+        my $ok = resp_array(resp_int(1), resp_array(resp_bulk('eve')));
+        $fake->set_reply('EXEC_NEXT', $ok);
+        $res = $ng->get('/online');
+        is_deeply($res->{json}{users}, ['eve'],
+                  'listing after a refused EVALSHA: answered')
+            or diag $res->{raw};
+        my @c = map { uc $_->[0] } ($fake->commands)[$n .. $n + 7];
+        is_deeply(\@c, [qw(MULTI EVALSHA ZREVRANGE EXEC
+                           MULTI EVAL ZREVRANGE EXEC)],
+                  '  by the same transaction with EVAL');
+    }
+
     #######################################################################
     # replies of the wrong shape: 503, and the next good one works
 
@@ -177,7 +218,7 @@ my $KEY = 'presence:{global}';
         ['/leave',  'an error',        resp_err('WRONGTYPE Operation')],
         ['/online', 'an integer',      resp_int(3)],
         ['/online', 'an empty array',  resp_array()],
-        ['/online', '[int]',           resp_array(resp_int(3))],
+        ['/online', '[int] for limit 1000', resp_array(resp_int(3))],
         ['/online', '[int, int]',      resp_array(resp_int(3), resp_int(3))],
         ['/online', '[bulk, array]',   resp_array(resp_bulk('3'),
                                                   resp_array(resp_bulk('a')))],
@@ -191,7 +232,7 @@ my $KEY = 'presence:{global}';
     );
     for my $w (@wrong) {
         my ($path, $what, $bytes) = @$w;
-        $fake->set_reply('EVALSHA', $bytes);
+        $fake->set_reply($path eq '/online' ? 'EXEC' : 'EVALSHA', $bytes);
         $res = $path =~ /online/ ? $ng->get($path)
                                  : $ng->post($path, { user_id => 'a' });
         api_error_ok($res, 503, 'redis_unavailable', "$path, redis answers $what: 503");
@@ -207,7 +248,7 @@ my $KEY = 'presence:{global}';
     my $big = resp_array(resp_int(1000),
                          resp_array(map { resp_bulk($_) } reverse @members));
     ok(length $big > 100 * 1024, 'a reply of ' . length($big) . ' bytes');
-    $fake->set_reply('EVALSHA', $big);
+    $fake->set_reply('EXEC', $big);
     for my $try (1 .. 3) {
         $res = $ng->get('/online');
         is($res->{status}, 200, "big listing $try: 200");
