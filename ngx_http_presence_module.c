@@ -164,6 +164,7 @@ static u_char *ngx_http_presence_status_json(u_char *p,
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
+static ngx_uint_t ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_claim_slot(ngx_cycle_t *cycle,
@@ -765,13 +766,7 @@ ngx_http_presence_status_json(u_char *p, ngx_http_presence_shctx_t *sh)
     n = sizeof(ngx_http_presence_counter_list)
         / sizeof(ngx_http_presence_counter_t);
 
-    in_flight = 0;
-
-    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
-        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
-            in_flight += sh->workers[i].in_flight;
-        }
-    }
+    in_flight = ngx_http_presence_in_flight(sh);
 
     for (i = 0; i < n; i++) {
         v = (ngx_atomic_t *) ((u_char *) &sh->counters + c[i].offset);
@@ -821,13 +816,7 @@ ngx_http_presence_status_prometheus(u_char *p, ngx_http_presence_shctx_t *sh)
                         &c[i].name, &c[i].help, &c[i].name, &c[i].name, *v);
     }
 
-    in_flight = 0;
-
-    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
-        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
-            in_flight += sh->workers[i].in_flight;
-        }
-    }
+    in_flight = ngx_http_presence_in_flight(sh);
 
     p = ngx_sprintf(p, "# HELP nginx_presence_redis_in_flight "
                     "Commands sent to Redis and not answered yet.\n"
@@ -1910,6 +1899,25 @@ ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_http_presence_shctx_t *sh)
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                   "presence: no free status slot, this worker's redis "
                   "connection is not listed by presence_status");
+}
+
+
+/* commands in flight on the connections of all live workers */
+
+static ngx_uint_t
+ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
+        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
+            n += sh->workers[i].in_flight;
+        }
+    }
+
+    return n;
 }
 
 
