@@ -27,7 +27,7 @@ use Test::More;
 my $TOP    = abs_path("$FindBin::Bin/..");
 my $MODULE = "$TOP/build/ngx_http_presence_module.so";
 my $NGINX  = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-my $JQUERY = "$TOP/node_modules/jquery/dist/jquery.min.js";
+my $JQUERY = '/usr/share/javascript/jquery/jquery.min.js';
 
 plan(skip_all => "module not built ($MODULE); run make") unless -f $MODULE;
 
@@ -36,7 +36,7 @@ my $tmp = tempdir('presence-install-XXXXXX', TMPDIR => 1,
 diag("test directory: $tmp") if $ENV{TEST_NGINX_LEAVE};
 my $D = "$tmp/root";
 
-# without node_modules, install would run npm ci: hand it a jQuery instead
+# without libjs-jquery, install would apt-get it: hand it a jQuery instead
 my %JQ;
 if (!-f $JQUERY) {
     $JQUERY = "$tmp/jquery.min.js";
@@ -180,7 +180,7 @@ for my $f (qw(index.html app.js style.css)) {
     is(slurp("$D$share/html/$f"), slurp("$TOP/html/$f"), "html/$f installed");
 }
 is(slurp("$D$share/vendor/jquery.min.js"), slurp($JQUERY),
-   'jQuery from node_modules (or JQUERY) installed');
+   "jQuery from libjs-jquery (or JQUERY) installed");
 like($after->{"$share/html"}, qr/^dir 0755$/, 'page directory mode 0755');
 
 # the stock nginx loads the installed module through the snippet, from

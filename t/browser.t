@@ -243,7 +243,7 @@ http {
         index index.html;
 
         location = /vendor/jquery.min.js {
-            alias $ROOT/node_modules/jquery/dist/jquery.min.js;
+            alias /usr/share/javascript/jquery/jquery.min.js;
         }
 
         location = /api/heartbeat { presence_heartbeat; }
