@@ -129,6 +129,8 @@ static void ngx_http_presence_cache_store(
     ngx_http_presence_cache_node_t *node, ngx_str_t *body, ngx_str_t *etag);
 static void ngx_http_presence_cache_evict(ngx_msec_t age);
 static void ngx_http_presence_cache_free(void);
+static void ngx_http_presence_cache_delete(
+    ngx_http_presence_cache_node_t *node);
 static ngx_int_t ngx_http_presence_send_listing(ngx_http_request_t *r,
     ngx_str_t *body, ngx_str_t *etag);
 static ngx_int_t ngx_http_presence_fail(ngx_http_request_t *r,
@@ -1392,20 +1394,11 @@ ngx_http_presence_cache_free(void)
     ngx_http_presence_cache_node_t  *node;
 
     while (!ngx_queue_empty(&ngx_http_presence_cache_queue)) {
-
         q = ngx_queue_head(&ngx_http_presence_cache_queue);
         node = ngx_queue_data(q, ngx_http_presence_cache_node_t, queue);
 
-        ngx_queue_remove(q);
-
-        if (node->body.data) {
-            ngx_free(node->body.data);
-        }
-
-        ngx_free(node);
+        ngx_http_presence_cache_delete(node);
     }
-
-    ngx_http_presence_cache_count = 0;
 }
 
 
@@ -1584,16 +1577,23 @@ ngx_http_presence_cache_evict(ngx_msec_t age)
             return;
         }
 
-        ngx_queue_remove(q);
-        ngx_rbtree_delete(&ngx_http_presence_cache, &node->sn.node);
-        ngx_http_presence_cache_count--;
-
-        if (node->body.data) {
-            ngx_free(node->body.data);
-        }
-
-        ngx_free(node);
+        ngx_http_presence_cache_delete(node);
     }
+}
+
+
+static void
+ngx_http_presence_cache_delete(ngx_http_presence_cache_node_t *node)
+{
+    ngx_queue_remove(&node->queue);
+    ngx_rbtree_delete(&ngx_http_presence_cache, &node->sn.node);
+    ngx_http_presence_cache_count--;
+
+    if (node->body.data) {
+        ngx_free(node->body.data);
+    }
+
+    ngx_free(node);
 }
 
 
