@@ -918,8 +918,8 @@ ngx_http_presence_start(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 
 
 /*
- * The room and the Redis key, followed in the same buffer by the listing
- * limit, which makes the key of the cached listing too.
+ * The room and the Redis key; for a listing, followed in the same buffer
+ * by the limit, which makes the key of the cached listing too.
  */
 
 static ngx_int_t
@@ -954,8 +954,10 @@ ngx_http_presence_prepare(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
     p = ngx_cpymem(p, ctx->room.data, ctx->room.len);
     *p++ = '}';
 
-    ctx->arg.data = p;
-    ctx->arg.len = ngx_sprintf(p, "%ui", ctx->limit) - p;
+    if (ctx->script == NGX_PRESENCE_ONLINE) {
+        ctx->arg.data = p;
+        ctx->arg.len = ngx_sprintf(p, "%ui", ctx->limit) - p;
+    }
 
     return NGX_OK;
 }
