@@ -72,6 +72,7 @@ typedef struct {
 typedef struct {
     ngx_str_node_t              sn;
     ngx_queue_t                 queue;
+    /* when the query that made the copy was sent */
     ngx_msec_t                  fetched;
     ngx_str_t                   body;
     ngx_str_t                   etag;
@@ -90,8 +91,9 @@ typedef struct {
     ngx_str_t                   arg;
     ngx_uint_t                  limit;
 
-    /* this request refreshes the cached listing */
+    /* this request refreshes the cached listing, asked at cache_start */
     ngx_http_presence_cache_node_t  *cache;
+    ngx_msec_t                  cache_start;
 } ngx_http_presence_ctx_t;
 
 
@@ -126,7 +128,8 @@ static ngx_int_t ngx_http_presence_prepare(ngx_http_request_t *r,
 static ngx_http_presence_cache_node_t *ngx_http_presence_cache_lookup(
     ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx);
 static void ngx_http_presence_cache_store(
-    ngx_http_presence_cache_node_t *node, ngx_str_t *body, ngx_str_t *etag);
+    ngx_http_presence_cache_node_t *node, ngx_msec_t start, ngx_str_t *body,
+    ngx_str_t *etag);
 static void ngx_http_presence_cache_evict(ngx_msec_t age);
 static void ngx_http_presence_cache_free(void);
 static void ngx_http_presence_cache_delete(
@@ -1374,7 +1377,8 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     body.len = b->last - b->pos;
 
     if (ctx->cache) {
-        ngx_http_presence_cache_store(ctx->cache, &body, &value);
+        ngx_http_presence_cache_store(ctx->cache, ctx->cache_start, &body,
+                                      &value);
         ctx->cache = NULL;
     }
 
@@ -1443,9 +1447,11 @@ ngx_http_presence_send_listing(ngx_http_request_t *r, ngx_str_t *body,
 
 /*
  * presence_online_cache.  Returns the node to answer from: a copy younger
- * than the setting, or an older one while another request refreshes it.
- * NULL: ask Redis; ctx->cache is then the node this request refreshes.
- * A copy is never used without a refresh on its way once it is too old.
+ * than the setting, or an older one while another request refreshes it,
+ * which takes at most presence_redis_timeout.  NULL: ask Redis; ctx->cache
+ * is then the node this request refreshes.  A copy is never used without
+ * a refresh on its way once it is too old, and never at all once it is
+ * older than the setting and the timeout together, whatever Redis does.
  */
 
 static ngx_http_presence_cache_node_t *
@@ -1456,10 +1462,13 @@ ngx_http_presence_cache_lookup(ngx_http_request_t *r,
     size_t                           len;
     uint32_t                         hash;
     ngx_str_t                        key;
+    ngx_msec_t                       age;
     ngx_http_presence_loc_conf_t    *plcf;
+    ngx_http_presence_main_conf_t   *pmcf;
     ngx_http_presence_cache_node_t  *node;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
 
     /* the location makes part of the key: the body shows its ttl */
 
@@ -1478,9 +1487,12 @@ ngx_http_presence_cache_lookup(ngx_http_request_t *r,
                ngx_str_rbtree_lookup(&ngx_http_presence_cache, &key, hash);
 
     if (node) {
+        age = ngx_current_msec - node->fetched;
+
         if (node->body.data
-            && (ngx_current_msec - node->fetched < plcf->online_cache
-                || node->updating))
+            && (age < plcf->online_cache
+                || (node->updating
+                    && age < plcf->online_cache + pmcf->redis.timeout)))
         {
             return node;
         }
@@ -1488,6 +1500,7 @@ ngx_http_presence_cache_lookup(ngx_http_request_t *r,
         if (!node->updating) {
             node->updating = 1;
             ctx->cache = node;
+            ctx->cache_start = ngx_current_msec;
         }
 
         return NULL;
@@ -1518,6 +1531,7 @@ ngx_http_presence_cache_lookup(ngx_http_request_t *r,
 
     node->updating = 1;
     ctx->cache = node;
+    ctx->cache_start = ngx_current_msec;
 
     return NULL;
 }
@@ -1525,7 +1539,7 @@ ngx_http_presence_cache_lookup(ngx_http_request_t *r,
 
 static void
 ngx_http_presence_cache_store(ngx_http_presence_cache_node_t *node,
-    ngx_str_t *body, ngx_str_t *etag)
+    ngx_msec_t start, ngx_str_t *body, ngx_str_t *etag)
 {
     u_char  *p;
 
@@ -1548,7 +1562,8 @@ ngx_http_presence_cache_store(ngx_http_presence_cache_node_t *node,
     node->etag.len = etag->len;
     ngx_memcpy(p, etag->data, etag->len);
 
-    node->fetched = ngx_current_msec;
+    /* the copy is as old as the query: Redis answered it since */
+    node->fetched = start;
 
     ngx_queue_remove(&node->queue);
     ngx_queue_insert_tail(&ngx_http_presence_cache_queue, &node->queue);

@@ -22,6 +22,8 @@
 #define NGX_PRESENCE_DOWN          0
 #define NGX_PRESENCE_CONNECTING    1
 #define NGX_PRESENCE_READY         2
+/* connected, the script cache of Redis is being filled again */
+#define NGX_PRESENCE_LOADING       3
 
 #define NGX_PRESENCE_BACKOFF_MIN   50
 #define NGX_PRESENCE_BACKOFF_MAX   1000
@@ -36,6 +38,11 @@ struct ngx_presence_cmd_s {
     struct timespec                start;
     ngx_uint_t                     script;
     int                            argc;
+
+    /* in rds->waiting or rds->retry: not on the wire */
+    ngx_queue_t                    queue;
+
+    unsigned                       queued:1;
     unsigned                       retried:1;
     const char                    *argv[4 + NGX_PRESENCE_MAX_ARGS];
     size_t                         argvlen[4 + NGX_PRESENCE_MAX_ARGS];
@@ -84,6 +91,14 @@ typedef struct {
     /* posted: drop a connection that stopped answering */
     ngx_event_t                    drop;
 
+    /*
+     * Commands that wait for the handshake or a reload of the scripts:
+     * none is written before the connection is known to be good.
+     */
+    ngx_queue_t                    waiting;
+    /* refused with NOSCRIPT, sent again in order once the scripts are in */
+    ngx_queue_t                    retry;
+
     ngx_msec_t                     backoff;
     ngx_uint_t                     state;
     ngx_uint_t                     handshake;
@@ -93,6 +108,8 @@ typedef struct {
 
     unsigned                       exiting:1;
     unsigned                       unexpected:1;
+    /* a transaction was left open: nothing more may go on this connection */
+    unsigned                       broken:1;
 } ngx_presence_redis_t;
 
 
@@ -102,6 +119,11 @@ static void ngx_presence_redis_timer_handler(ngx_event_t *ev);
 static void ngx_presence_redis_drop_handler(ngx_event_t *ev);
 static void ngx_presence_redis_connect_failed(const char *err);
 static void ngx_presence_redis_send_handshake(redisAsyncContext *ac);
+static void ngx_presence_redis_load_scripts(redisAsyncContext *ac);
+static void ngx_presence_redis_flush(void);
+static void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
+static void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd,
+    redisReply *reply);
 static void ngx_presence_redis_on_connect(const redisAsyncContext *ac,
     int status);
 static void ngx_presence_redis_on_disconnect(const redisAsyncContext *ac,
@@ -111,6 +133,8 @@ static void ngx_presence_redis_handshake_reply(redisAsyncContext *ac,
 static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static ngx_int_t ngx_presence_redis_send(redisAsyncContext *ac,
+    ngx_presence_cmd_t *cmd);
+static void ngx_presence_redis_refused(redisAsyncContext *ac,
     ngx_presence_cmd_t *cmd);
 static ngx_int_t ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd,
     redisReply *reply);
@@ -154,11 +178,19 @@ static void ngx_presence_redis_write_handler(ngx_event_t *ev);
 
 static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
 
-    /* heartbeat: ARGV[1] user, ARGV[2] ttl in ms; returns the count */
+    /*
+     * heartbeat: ARGV[1] user, ARGV[2] ttl in ms; returns the count.
+     * The key's expiry only ever moves later: a location with a short
+     * presence_ttl must not end a room that others keep alive longer
+     * (PTTL is -1 for the key ZADD has just made).
+     */
     ngx_string(NGX_PRESENCE_LUA_NOW
+               "local ttl = tonumber(ARGV[2])\n"
                "redis.call('ZADD', KEYS[1],"
-               " string.format('%d', now + ARGV[2]), ARGV[1])\n"
-               "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+               " string.format('%d', now + ttl), ARGV[1])\n"
+               "if redis.call('PTTL', KEYS[1]) < ttl then\n"
+               "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+               "end\n"
                "return redis.call('ZCARD', KEYS[1])\n"),
 
     /* leave: ARGV[1] user; returns the count */
@@ -292,6 +324,9 @@ ngx_presence_redis_init_process(ngx_cycle_t *cycle,
     rds->log = cycle->log;
     rds->backoff = NGX_PRESENCE_BACKOFF_MIN;
 
+    ngx_queue_init(&rds->waiting);
+    ngx_queue_init(&rds->retry);
+
     rds->timer.handler = ngx_presence_redis_timer_handler;
     rds->timer.log = cycle->log;
     rds->timer.data = rds;
@@ -396,6 +431,7 @@ ngx_presence_redis_connect(void)
     rds->state = NGX_PRESENCE_CONNECTING;
     rds->timeouts = 0;
     rds->unexpected = 0;
+    rds->broken = 0;
 
     /* the adapter is in place: this arms the write event */
     redisAsyncSetConnectCallback(ac, ngx_presence_redis_on_connect);
@@ -403,7 +439,7 @@ ngx_presence_redis_connect(void)
 
     /*
      * hiredis buffers these until the socket is connected; requests
-     * that come meanwhile queue behind them
+     * that come meanwhile wait in rds->waiting until all are answered
      */
     ngx_presence_redis_send_handshake(ac);
 
@@ -415,9 +451,8 @@ static void
 ngx_presence_redis_send_handshake(redisAsyncContext *ac)
 {
     char                       db[NGX_INT_T_LEN];
-    size_t                     len[3];
-    ngx_uint_t                 i;
-    const char                *argv[3];
+    size_t                     len[2];
+    const char                *argv[2];
     ngx_presence_redis_t      *rds;
     ngx_presence_redis_conf_t *rcf;
 
@@ -453,6 +488,26 @@ ngx_presence_redis_send_handshake(redisAsyncContext *ac)
             rds->handshake++;
         }
     }
+
+    ngx_presence_redis_load_scripts(ac);
+}
+
+
+/*
+ * SCRIPT LOAD of every script, counted in rds->handshake: at the
+ * handshake, and again after a NOSCRIPT (SCRIPT FLUSH).  Their replies
+ * come after those of every command written before them.
+ */
+
+static void
+ngx_presence_redis_load_scripts(redisAsyncContext *ac)
+{
+    size_t                 len[3];
+    ngx_uint_t             i;
+    const char            *argv[3];
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
 
     for (i = 0; i < NGX_PRESENCE_NSCRIPTS; i++) {
         argv[0] = "SCRIPT";
@@ -530,8 +585,20 @@ ngx_presence_redis_timer_handler(ngx_event_t *ev)
         return;
     }
 
-    if (rds->state == NGX_PRESENCE_CONNECTING && rds->ac) {
+    if (rds->ac == NULL) {
+        return;
+    }
+
+    if (rds->state == NGX_PRESENCE_CONNECTING) {
         ngx_presence_redis_connect_failed("timed out");
+        redisAsyncFree(rds->ac);
+        return;
+    }
+
+    if (rds->state == NGX_PRESENCE_LOADING) {
+        ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                      "presence: redis at \"%V\" did not load the scripts "
+                      "in time, reconnecting", &rds->conf->name);
         redisAsyncFree(rds->ac);
     }
 }
@@ -544,7 +611,19 @@ ngx_presence_redis_drop_handler(ngx_event_t *ev)
 
     rds = ev->data;
 
-    if (rds->ac == NULL || rds->timeouts < NGX_PRESENCE_MAX_TIMEOUTS) {
+    if (rds->ac == NULL) {
+        return;
+    }
+
+    if (rds->broken) {
+        ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                      "presence: a transaction to redis at \"%V\" could not "
+                      "be completed, reconnecting", &rds->conf->name);
+        redisAsyncFree(rds->ac);
+        return;
+    }
+
+    if (rds->timeouts < NGX_PRESENCE_MAX_TIMEOUTS) {
         return;
     }
 
@@ -611,13 +690,22 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
-    rds->state = NGX_PRESENCE_READY;
-    rds->backoff = NGX_PRESENCE_BACKOFF_MIN;
-    rds->failures = 0;
-
     if (rds->timer.timer_set) {
         ngx_del_timer(&rds->timer);
     }
+
+    if (rds->state == NGX_PRESENCE_LOADING) {
+        ngx_log_debug0(NGX_LOG_DEBUG_CORE, rds->log, 0,
+                       "presence: redis scripts loaded again");
+
+        rds->state = NGX_PRESENCE_READY;
+        ngx_presence_redis_flush();
+        return;
+    }
+
+    rds->state = NGX_PRESENCE_READY;
+    rds->backoff = NGX_PRESENCE_BACKOFF_MIN;
+    rds->failures = 0;
 
     if (rds->connects++) {
         ngx_presence_worker->reconnects++;
@@ -629,6 +717,78 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
 
     ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
                   "presence: connected to redis at \"%V\"", &rds->conf->name);
+
+    ngx_presence_redis_flush();
+}
+
+
+/*
+ * The connection is good: the commands refused with NOSCRIPT go again,
+ * then those that waited, in the order they came.
+ */
+
+static void
+ngx_presence_redis_flush(void)
+{
+    ngx_queue_t           *q, *queue;
+    ngx_presence_cmd_t    *cmd;
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    for (queue = &rds->retry; queue; queue = (queue == &rds->retry)
+                                             ? &rds->waiting : NULL)
+    {
+        while (!ngx_queue_empty(queue)) {
+            q = ngx_queue_head(queue);
+            ngx_queue_remove(q);
+
+            cmd = ngx_queue_data(q, ngx_presence_cmd_t, queue);
+            cmd->queued = 0;
+
+            (void) clock_gettime(CLOCK_MONOTONIC, &cmd->start);
+
+            if (rds->broken
+                || ngx_presence_redis_send(rds->ac, cmd) != NGX_OK)
+            {
+                ngx_presence_redis_finish(cmd, NULL);
+                continue;
+            }
+
+            ngx_presence_worker->in_flight++;
+        }
+    }
+}
+
+
+/* commands that never went out, when the connection is gone */
+
+static void
+ngx_presence_redis_fail_queue(ngx_queue_t *queue)
+{
+    ngx_queue_t         *q;
+    ngx_presence_cmd_t  *cmd;
+
+    while (!ngx_queue_empty(queue)) {
+        q = ngx_queue_head(queue);
+        ngx_queue_remove(q);
+
+        cmd = ngx_queue_data(q, ngx_presence_cmd_t, queue);
+        cmd->queued = 0;
+
+        ngx_presence_redis_finish(cmd, NULL);
+    }
+}
+
+
+static void
+ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply)
+{
+    if (cmd->data && !ngx_presence_redis.exiting) {
+        cmd->handler(cmd->data, reply);
+    }
+
+    ngx_free(cmd);
 }
 
 
@@ -645,7 +805,7 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
 
     rds = &ngx_presence_redis;
 
-    if (rds->ac == NULL || rds->state == NGX_PRESENCE_DOWN) {
+    if (rds->ac == NULL || rds->state == NGX_PRESENCE_DOWN || rds->broken) {
         return NULL;
     }
 
@@ -668,6 +828,7 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
     cmd->handler = handler;
     cmd->data = data;
     cmd->script = script;
+    cmd->queued = 0;
     cmd->retried = 0;
     cmd->limit = 0;
     cmd->stop_len = 0;
@@ -700,6 +861,13 @@ ngx_presence_redis_eval(ngx_uint_t script, ngx_str_t *key, ngx_str_t *args,
             cmd->stop_len = ngx_sprintf(cmd->stop, "%i", cmd->limit - 1)
                             - cmd->stop;
         }
+    }
+
+    if (rds->state != NGX_PRESENCE_READY) {
+        /* no command goes out before the handshake has succeeded */
+        cmd->queued = 1;
+        ngx_queue_insert_tail(&rds->waiting, &cmd->queue);
+        return cmd;
     }
 
     (void) clock_gettime(CLOCK_MONOTONIC, &cmd->start);
@@ -735,12 +903,15 @@ ngx_presence_redis_send(redisAsyncContext *ac, ngx_presence_cmd_t *cmd)
     argv[0] = "MULTI";
     len[0] = 5;
 
-    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, len) != REDIS_OK
-        || redisAsyncCommandArgv(ac, NULL, NULL, cmd->argc, cmd->argv,
-                                 cmd->argvlen)
-           != REDIS_OK)
-    {
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, len) != REDIS_OK) {
         return NGX_ERROR;
+    }
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, cmd->argc, cmd->argv,
+                              cmd->argvlen)
+        != REDIS_OK)
+    {
+        goto broken;
     }
 
     if (cmd->limit > 0) {
@@ -756,23 +927,48 @@ ngx_presence_redis_send(redisAsyncContext *ac, ngx_presence_cmd_t *cmd)
         if (redisAsyncCommandArgv(ac, NULL, NULL, 4, argv, len)
             != REDIS_OK)
         {
-            return NGX_ERROR;
+            goto broken;
         }
     }
 
     argv[0] = "EXEC";
     len[0] = 4;
 
-    return (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd, 1, argv,
-                                  len)
-            == REDIS_OK) ? NGX_OK : NGX_ERROR;
+    if (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd, 1, argv, len)
+        == REDIS_OK)
+    {
+        return NGX_OK;
+    }
+
+broken:
+
+    /*
+     * MULTI went out without its EXEC (hiredis ran out of memory): any
+     * later command would join the transaction.  The connection is
+     * dropped instead, and nothing more is written to it meanwhile.
+     */
+
+    ngx_presence_redis.broken = 1;
+
+    if (!ngx_presence_redis.drop.posted) {
+        ngx_post_event(&ngx_presence_redis.drop, &ngx_posted_events);
+    }
+
+    return NGX_ERROR;
 }
 
 
 void
 ngx_presence_redis_detach(ngx_presence_cmd_t *cmd)
 {
-    /* Redis answers in order: the command stays queued, its reply dropped */
+    if (cmd->queued) {
+        /* not written yet: it never will be */
+        ngx_queue_remove(&cmd->queue);
+        ngx_free(cmd);
+        return;
+    }
+
+    /* Redis answers in order: the command stays pending, its reply dropped */
     cmd->data = NULL;
 }
 
@@ -854,34 +1050,69 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                                     1);
     }
 
-    if (cmd->data == NULL || rds->exiting) {
+    if (reply && !cmd->retried && rds->ac == ac && !rds->exiting
+        && ngx_presence_redis_noscript(cmd, reply))
+    {
+        ngx_presence_redis_refused(ac, cmd);
+        return;
+    }
+
+    if (reply && !ngx_queue_empty(&rds->retry)) {
+        /*
+         * Redis ran this command, written after those it refused: run
+         * now, they would take effect after it, a heartbeat after the
+         * leave that followed it.  They fail instead.
+         */
+        ngx_presence_redis_fail_queue(&rds->retry);
+    }
+
+    ngx_presence_redis_finish(cmd, reply);
+}
+
+
+/*
+ * The script cache was flushed (SCRIPT FLUSH; a restart or a failover
+ * comes with a new connection, whose handshake loads the scripts).  The
+ * scripts are loaded again; new commands wait meanwhile, and the refused
+ * one goes again as EVAL once every command written before the loads has
+ * been answered, so that none overtakes another.
+ */
+
+static void
+ngx_presence_redis_refused(redisAsyncContext *ac, ngx_presence_cmd_t *cmd)
+{
+    ngx_presence_redis_t  *rds;
+
+    rds = &ngx_presence_redis;
+
+    if (cmd->data == NULL) {
         ngx_free(cmd);
         return;
     }
 
-    if (reply && !cmd->retried && ngx_presence_redis_noscript(cmd, reply)) {
-        /*
-         * The script cache was flushed (Redis restarted, SCRIPT FLUSH):
-         * send the script itself once, which also caches it again.
-         */
+    if (rds->state == NGX_PRESENCE_READY) {
+        ngx_log_debug0(NGX_LOG_DEBUG_CORE, rds->log, 0,
+                       "presence: redis answers NOSCRIPT, loading the "
+                       "scripts again");
 
-        cmd->retried = 1;
-        cmd->argv[0] = "EVAL";
-        cmd->argvlen[0] = 4;
-        cmd->argv[1] = (char *) ngx_presence_scripts[cmd->script].data;
-        cmd->argvlen[1] = ngx_presence_scripts[cmd->script].len;
+        rds->state = NGX_PRESENCE_LOADING;
+        ngx_presence_redis_load_scripts(ac);
 
-        if (ngx_presence_redis_send(ac, cmd) == NGX_OK) {
-            ngx_presence_worker->in_flight++;
-            return;
+        if (rds->timer.timer_set) {
+            ngx_del_timer(&rds->timer);
         }
 
-        reply = NULL;
+        ngx_add_timer(&rds->timer, rds->conf->timeout);
     }
 
-    cmd->handler(cmd->data, reply);
+    cmd->retried = 1;
+    cmd->argv[0] = "EVAL";
+    cmd->argvlen[0] = 4;
+    cmd->argv[1] = (char *) ngx_presence_scripts[cmd->script].data;
+    cmd->argvlen[1] = ngx_presence_scripts[cmd->script].len;
 
-    ngx_free(cmd);
+    cmd->queued = 1;
+    ngx_queue_insert_tail(&rds->retry, &cmd->queue);
 }
 
 
@@ -1166,6 +1397,11 @@ ngx_presence_redis_cleanup(void *data)
     }
 
     ngx_presence_redis_schedule();
+
+    /* 503 to those that waited for this connection */
+
+    ngx_presence_redis_fail_queue(&rds->retry);
+    ngx_presence_redis_fail_queue(&rds->waiting);
 }
 
 

@@ -2,7 +2,8 @@
 
 # Expiry with presence_ttl 1s: a user is online for the TTL after its last
 # heartbeat and not after, whatever else keeps the room's key alive; the
-# key itself goes when the last heartbeat is a TTL old.
+# key itself goes when the last heartbeat is a TTL old.  A heartbeat
+# through a location with a shorter TTL never shortens the key's life.
 
 use strict;
 use warnings;
@@ -25,6 +26,7 @@ server {
     listen 127.0.0.1:%%PORT%%;
     location = /hb     { presence_heartbeat; }
     location = /online { presence_online; }
+    location = /hb60   { presence_ttl 60s; presence_heartbeat; }
 }
 EOF
 
@@ -83,6 +85,22 @@ $res = $ng->get('/online');
 is_deeply($res->{json}, { room => 'global', ttl => 1, count => 0,
                           users => [] }, 'empty listing');
 like($res->{body}, qr/"users"\s*:\s*\[\s*\]/, 'users is an empty array');
+
+# carol is online for 60 s; dave's heartbeats (1 s) must not end the room
+is($ng->post('/hb60', { user_id => 'carol' })->{status}, 200,
+   'carol: a heartbeat with presence_ttl 60s');
+$pttl = $r->cmd('PTTL', $KEY);
+ok($pttl > 50000, '  the key lives 60 s') or diag $pttl;
+is($ng->post('/hb', { user_id => 'dave' })->{status}, 200,
+   'dave: a heartbeat with presence_ttl 1s');
+$pttl = $r->cmd('PTTL', $KEY);
+ok($pttl > 50000, '  the key still lives about 60 s') or diag $pttl;
+ok(wait_for(sub {
+    !$ng->get('/online?user_id=dave')->{json}{online} }, 5),
+   'dave goes offline after his ttl');
+is_deeply($ng->get('/online')->{json}{users}, ['carol'],
+          '  carol is still listed');
+ok($r->cmd('PTTL', $KEY) > 50000, '  and the key lives on');
 
 check_log($ng);
 

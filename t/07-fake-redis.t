@@ -25,7 +25,7 @@ my $TEMPLATE = <<'EOF';
 presence_redis %%REDIS%%;
 presence_redis_password pw;
 presence_redis_db 2;
-presence_redis_timeout 300ms;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -37,8 +37,9 @@ server {
 EOF
 
 sub nginx_for {
-    my ($fake) = @_;
-    return start_nginx($TEMPLATE, vars => { REDIS => $fake->addr },
+    my ($fake, %o) = @_;
+    return start_nginx($TEMPLATE, vars => { REDIS => $fake->addr,
+                                            TIMEOUT => $o{timeout} // '300ms' },
                        files => { static => 'static' });
 }
 
@@ -170,9 +171,13 @@ my $KEY = 'presence:{global}';
 
     $fake->set_reply('EVALSHA', resp_err('NOSCRIPT No matching script.'));
     $fake->set_reply('EVAL', resp_int(9));
+    $n = () = $fake->commands;
     $res = $ng->post('/hb', { user_id => 'bob' });
     is($res->{status}, 200, 'NOSCRIPT: heartbeat still succeeds');
     is($res->{json}{online}, 9, '  with the reply to EVAL');
+    is_deeply([map { uc "$_->[0] " . ($_->[1] // '') }
+                   grep { defined } ($fake->commands)[$n + 1 .. $n + 4]],
+              [('SCRIPT LOAD') x 4], '  the scripts are loaded again first');
     my @last = (evals($fake))[-2, -1];
     is(uc $last[0][0], 'EVALSHA', '  EVALSHA first');
     is(uc $last[1][0], 'EVAL', '  then EVAL');
@@ -185,7 +190,8 @@ my $KEY = 'presence:{global}';
     api_error_ok($res, 503, 'redis_unavailable', 'NOSCRIPT, then EVAL fails: 503');
 
     # a listing: Redis refuses the queued EVALSHA (EXECABORT), or answers
-    # NOSCRIPT in its place; the transaction goes again with EVAL
+    # NOSCRIPT in its place; the scripts are loaded again, then the
+    # transaction goes again with EVAL
     for my $refusal (resp_err('EXECABORT Transaction discarded because of '
                               . 'previous errors.'),
                      resp_array(resp_err('NOSCRIPT No matching script.'),
@@ -199,10 +205,11 @@ my $KEY = 'presence:{global}';
         is_deeply($res->{json}{users}, ['eve'],
                   'listing after a refused EVALSHA: answered')
             or diag $res->{raw};
-        my @c = map { uc $_->[0] } ($fake->commands)[$n .. $n + 7];
-        is_deeply(\@c, [qw(MULTI EVALSHA ZREVRANGE EXEC
-                           MULTI EVAL ZREVRANGE EXEC)],
-                  '  by the same transaction with EVAL');
+        my @c = map { uc $_->[0] }
+                grep { defined } ($fake->commands)[$n .. $n + 11];
+        is_deeply(\@c, [qw(MULTI EVALSHA ZREVRANGE EXEC),
+                        ('SCRIPT') x 4, qw(MULTI EVAL ZREVRANGE EXEC)],
+                  '  by the same transaction with EVAL, after SCRIPT LOAD');
     }
 
     #######################################################################
@@ -313,6 +320,79 @@ my $KEY = 'presence:{global}';
     $res = $ng->post('/hb', { user_id => 'd' });
     is($res->{json}{online}, 4, 'fourth: its own reply');
     check_log($ng);
+    $fake->stop;
+}
+
+###########################################################################
+# After SCRIPT FLUSH, NOSCRIPT must not reorder commands: a refused
+# command goes again (as EVAL, once the scripts are loaded again) only
+# when no command written after it has run meanwhile; otherwise it fails.
+# A heartbeat and a leave of one user; both EVALSHA replies are held
+# until both commands are in.
+
+# the reply to EVALSHA of a heartbeat (6 arguments) and of a leave (5)
+sub flush_fake {
+    my ($hb, $leave) = @_;
+    return fake_redis(handler => sub {
+        my ($argv, $st) = @_;
+        my $std = fake_std($argv, $st);
+        return $std if defined $std;
+        return resp_int(7) if uc $argv->[0] eq 'EVAL';
+        return resp_int(1) if ($argv->[4] // '') ne 'alice';
+        my $r = @$argv == 6 ? $hb : $leave;
+        return sub { -e "$st->{dir}/release" ? $r : undef };
+    });
+}
+
+sub heartbeat_then_leave {
+    my ($fake, $ng) = @_;
+    my @ct = (headers => ['Content-Type' => 'application/json']);
+    my $hb = $ng->send_request('POST', '/hb', body => '{"user_id":"alice"}',
+                               @ct);
+    ok(wait_for(sub { (evals($fake)) >= 1 }, 10), 'heartbeat of alice sent');
+    my $leave = $ng->send_request('POST', '/leave',
+                                  body => '{"user_id":"alice"}', @ct);
+    ok(wait_for(sub { (evals($fake)) >= 2 }, 10), '  then her leave');
+    $fake->touch('release');
+    return ($hb->finish(10), $leave->finish(10));
+}
+
+for my $case (['the leave ran', 0], ['both refused', 1]) {
+    my ($what, $both) = @$case;
+    my $noscript = resp_err('NOSCRIPT No matching script.');
+    my $fake = flush_fake($noscript, $both ? $noscript : resp_int(0));
+    my $ng = nginx_for($fake, timeout => '10s');
+    ok(wait_for(sub { $ng->post('/hb', { user_id => 'x' })->{status} == 200 },
+                10), "$what: connected");
+    my $n = () = $fake->commands;
+
+    my ($hb, $leave) = heartbeat_then_leave($fake, $ng);
+    wait_for(sub { (() = $fake->commands) >= $n + ($both ? 8 : 6) }, 10);
+    my @after = map { [uc $_->[0], scalar @$_] }
+                grep { defined } ($fake->commands)[$n .. $n + 7];
+
+    if ($both) {
+        is($hb->{status}, 200, "$what: the heartbeat goes again, 200");
+        is($leave->{status}, 200, '  the leave too');
+        is_deeply([map { $_->[0] } @after],
+                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 4, qw(EVAL EVAL)],
+                  '  as EVAL, once the scripts are loaded again');
+        is_deeply([map { $_->[1] } @after[6, 7]], [6, 5],
+                  '  heartbeat first, then the leave');
+    } else {
+        api_error_ok($hb, 503, 'redis_unavailable',
+                     "$what after the refused heartbeat: it fails");
+        is($leave->{status}, 200, '  the leave answers 200');
+        is_deeply([map { $_->[0] } @after[0 .. 5]],
+                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 4],
+                  '  the scripts are loaded again');
+        ok(!grep({ $_->[0] eq 'EVAL' } @after),
+           '  and the heartbeat does not run after the leave');
+    }
+    is($ng->post('/hb', { user_id => 'bob' })->{status}, 200,
+       '  the next heartbeat: 200');
+    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 

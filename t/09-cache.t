@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Time::HiRes qw(time);
 use Presence::Test;
 
 need_module();
@@ -106,6 +107,34 @@ is(scalar @{ $ng->get('/cached')->{json}{users} }, 2,
 is($ng->post('/hb', { user_id => 'carol' })->{status}, 200, 'carol online');
 ok($ng->get('/cached?user_id=carol')->{json}{online},
    'a user lookup goes to redis');
+
+# Redis frozen: with many clients, the copy is served while one of them
+# refreshes it, but never once it is older than presence_online_cache
+# (1s) and presence_redis_timeout (1s) together
+
+ok(wait_for(sub { $ng->get('/cached')->{json}{count} == 3 }, 3),
+   'a fresh copy with carol');
+my $filled = time;
+is($ng->get('/cached')->{status}, 200, 'answered from the copy');
+$r->kill_stop;
+my @sent;
+while (time - $filled < 4) {
+    push @sent, [time, $ng->send_request('GET', '/cached')];
+    select(undef, undef, undef, 0.05);
+}
+my (@late, %status);
+for (@sent) {
+    my ($t, $p) = @$_;
+    my $res = $p->finish(5);
+    $status{ $res->{status} // 'none' }++;
+    push @late, sprintf('%.2fs', $t - $filled)
+        if ($res->{status} // 0) == 200 && $t - $filled > 2.3;
+}
+$r->cont;
+ok(!@late, 'redis frozen: no copy served past 2 s') or diag "@late";
+ok($status{504}, '  the refreshes time out') or diag explain \%status;
+ok(wait_for(sub { $ng->get('/cached')->{status} == 200 }, 5),
+   'redis back: the copy is refreshed');
 
 # Redis gone: a fresh copy still answers, an old one needs Redis
 
