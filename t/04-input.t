@@ -407,6 +407,21 @@ for my $c (['', 'empty'], ['%FF', 'not UTF-8'], ['a%0Ab', 'newline'],
     rejects("lookup of $c->[1] user_id", 400, 'invalid_user_id',
             sub { $ng->get("/online?user_id=$c->[0]") });
 }
+# query values as browsers encode forms: '+' is a space, "%2B" a '+'
+touches_only('heartbeat as "a b"', $KEY, 'a b',
+             sub { post('/hb', '{"user_id":"a b"}') });
+$res = $ng->get('/online?user_id=a+b');
+is($res->{status}, 200, 'lookup of a+b') or diag $res->{raw};
+is($res->{json}{user_id}, 'a b', "  is user 'a b'");
+ok($res->{json}{online}, '  and finds them online');
+$res = $ng->get('/online?user_id=a%2Bb');
+is($res->{json}{user_id}, 'a+b', "lookup of a%2Bb is user 'a+b'");
+ok(!$res->{json}{online}, '  who is not online');
+$res = $ng->get('/online?user_id=+a%20+b%2B+');
+is($res->{json}{user_id}, ' a  b+ ', "'+' and \"%20\" mix, \"%2B\" kept");
+rejects("lookup of %0A+: still a newline in it", 400, 'invalid_user_id',
+        sub { $ng->get('/online?user_id=%0A+') });
+
 rejects('lookup over presence_max_id_length 8', 400, 'invalid_user_id',
         sub { $ng->get('/short/online?user_id=123456789') });
 $res = $ng->get('/online?user_id=' . ('a' x 128));
