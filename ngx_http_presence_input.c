@@ -123,8 +123,9 @@ ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
      * JSON in any string, and json_string_length() then counts past it,
      * so an id with one is refused as an id, never cut short.
      * JSON_DECODE_INT_AS_REAL: numbers in other fields are none of our
-     * business; only those beyond a double's range are refused (RFC 8259,
-     * 9, lets a parser limit their range), not every integer past 2^63.
+     * business; only those beyond a double's range are refused (RFC 8259
+     * section 9 lets a parser limit their range), not every integer past
+     * 2^63.
      */
 
     flags = JSON_REJECT_DUPLICATES|JSON_ALLOW_NUL|JSON_DECODE_INT_AS_REAL;
