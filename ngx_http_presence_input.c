@@ -9,12 +9,11 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
-#include <cjson/cJSON.h>
+#include <jansson.h>
 
 #include "ngx_http_presence_input.h"
 
 
-static ngx_int_t ngx_http_presence_has_nul_escape(u_char *p, size_t len);
 static ngx_int_t ngx_http_presence_equal_nocase(u_char *p, size_t len,
     char *s);
 
@@ -98,48 +97,59 @@ ngx_http_presence_valid_id(u_char *p, size_t len, size_t max)
 
 
 /*
- * A heartbeat or leave body: one JSON object with a string "user_id",
- * nothing but whitespace after it.  p must be null-terminated at p[len];
- * user->data must have room for len bytes, more than the decoded id can
- * take.  Returns NGX_OK with the id copied there, NGX_ERROR when cJSON
- * ran out of memory, or the error to answer with.
+ * A heartbeat or leave body: exactly one JSON object (RFC 8259, strictly:
+ * UTF-8 throughout, no raw control characters in strings, no leading
+ * zeros, nothing but whitespace after it) with a string "user_id".
+ * jansson enforces all of that, and stops nesting at JSON_PARSER_MAX_DEPTH
+ * (2048) rather than recursing as deep as a body goes.  user->data must
+ * have room for len bytes, more than the decoded id can take.  Returns
+ * NGX_OK with the id copied there, which may still be no valid id (an
+ * escaped "\u0000" in it, say), NGX_ERROR when jansson ran out of memory,
+ * or the error to answer with.
  */
 
 ngx_int_t
 ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
 {
-    u_char       *end;
-    cJSON        *json, *item;
-    ngx_int_t     rc;
-    const char   *parsed;
+    size_t         flags;
+    json_t        *json, *item;
+    ngx_int_t      rc;
+    json_error_t   err;
 
-    json = cJSON_ParseWithLengthOpts((char *) p, len, &parsed, 0);
+    /*
+     * JSON_REJECT_DUPLICATES: a body with two "user_id" keys names two
+     * users, and which one counts would be the parser's choice, so it is
+     * ambiguous, not JSON we act on.  JSON_ALLOW_NUL: "\u0000" is legal
+     * JSON in any string, and json_string_length() then counts past it,
+     * so an id with one is refused as an id, never cut short.
+     * JSON_DECODE_INT_AS_REAL: numbers in other fields are none of our
+     * business; only those beyond a double's range are refused (RFC 8259
+     * section 9 lets a parser limit their range), not every integer past
+     * 2^63.
+     */
+
+    flags = JSON_REJECT_DUPLICATES|JSON_ALLOW_NUL|JSON_DECODE_INT_AS_REAL;
+
+    json = json_loadb((char *) p, len, flags, &err);
 
     if (json == NULL) {
-        return NGX_HTTP_PRESENCE_ERR_JSON;
+        return json_error_code(&err) == json_error_out_of_memory
+               ? NGX_ERROR : NGX_HTTP_PRESENCE_ERR_JSON;
     }
 
-    rc = NGX_HTTP_PRESENCE_ERR_JSON;
-
-    for (end = (u_char *) parsed; end < p + len; end++) {
-        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
-            goto done;
-        }
-    }
-
-    if (!cJSON_IsObject(json)) {
+    if (!json_is_object(json)) {
+        rc = NGX_HTTP_PRESENCE_ERR_JSON;
         goto done;
     }
 
-    rc = NGX_HTTP_PRESENCE_ERR_USER;
+    item = json_object_get(json, "user_id");
 
-    item = cJSON_GetObjectItemCaseSensitive(json, "user_id");
-
-    if (!cJSON_IsString(item) || ngx_http_presence_has_nul_escape(p, len)) {
+    if (!json_is_string(item)) {
+        rc = NGX_HTTP_PRESENCE_ERR_USER;
         goto done;
     }
 
-    user->len = ngx_strlen(item->valuestring);
+    user->len = json_string_length(item);
 
     if (user->len > len) {
         /* cannot be: a JSON string never decodes longer */
@@ -147,42 +157,15 @@ ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
         goto done;
     }
 
-    ngx_memcpy(user->data, item->valuestring, user->len);
+    ngx_memcpy(user->data, json_string_value(item), user->len);
 
     rc = NGX_OK;
 
 done:
 
-    cJSON_Delete(json);
+    json_decref(json);
 
     return rc;
-}
-
-
-/* a JSON "\u0000" escape, which cJSON would silently cut a string at */
-
-static ngx_int_t
-ngx_http_presence_has_nul_escape(u_char *p, size_t len)
-{
-    u_char  *end;
-
-    end = p + len;
-
-    while (p < end) {
-
-        if (*p++ != '\\' || p == end) {
-            continue;
-        }
-
-        if (*p == 'u' && end - p >= 5 && ngx_strncmp(p + 1, "0000", 4) == 0) {
-            return 1;
-        }
-
-        /* skip the escaped character: "\\u0000" is no NUL */
-        p++;
-    }
-
-    return 0;
 }
 
 

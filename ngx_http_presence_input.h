@@ -4,7 +4,9 @@
  *
  * Pure functions (no request, no pool, no I/O, no nginx function calls)
  * so that the libFuzzer targets in fuzz/ drive the very code the module
- * runs.
+ * runs.  The body parser is jansson's: it allocates with malloc() and is
+ * done with it before returning, and reads /dev/urandom once per process
+ * for its hash seed (falling back to the time and pid without it).
  */
 
 

@@ -583,6 +583,7 @@ ngx_http_presence_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_presence_online_handler(ngx_http_request_t *r)
 {
+    size_t                           i;
     u_char                          *p;
     ngx_int_t                        rc, limit;
     ngx_str_t                        value, body, etag;
@@ -613,7 +614,19 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
+        /*
+         * decoded as browsers encode a form: '+' is a space.  It becomes
+         * one before the %XX are decoded, so that "%2B" stays a '+'
+         */
+
+        for (i = 0; i < value.len; i++) {
+            p[i] = (value.data[i] == '+') ? ' ' : value.data[i];
+        }
+
+        value.data = p;
         ctx->user.data = p;
+
+        /* in place: a decoded byte never takes more room than its %XX */
         ngx_unescape_uri(&p, &value.data, value.len, 0);
         ctx->user.len = p - ctx->user.data;
 

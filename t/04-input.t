@@ -36,6 +36,7 @@ server {
     location = /short/hb { presence_max_id_length 8; presence_heartbeat; }
     location = /short/online { presence_max_id_length 8; presence_online; }
     location = /small/hb { presence_max_body_size 64; presence_heartbeat; }
+    location = /big/hb   { presence_max_body_size 512k; presence_heartbeat; }
 
     location = /spool/hb {
         client_body_buffer_size 16;
@@ -114,11 +115,13 @@ rejects('43 x 3-byte characters = 129 bytes', 400, 'invalid_user_id',
 rejects('129 bytes from escapes', 400, 'invalid_user_id',
         sub { post('/hb', '{"user_id":"' . ('\u00e9' x 64) . 'x"}') });
 
+# a body that is not UTF-8 is no JSON text (RFC 8259, 8.1), whichever
+# string the bytes are in
 for my $bad (["\xff", 'byte ff'], ["\xc0\xaf", 'overlong /'],
              ["\xed\xa0\x80", 'encoded surrogate'], ["caf\xc3", 'truncated'],
              ["\xf4\x90\x80\x80", 'above U+10FFFF'])
 {
-    rejects("invalid UTF-8: $bad->[1]", 400, 'invalid_user_id',
+    rejects("invalid UTF-8 in user_id: $bad->[1]", 400, 'invalid_json',
             sub { post('/hb', qq({"user_id":"a$bad->[0]b"})) });
 }
 
@@ -179,6 +182,88 @@ for my $body ('{"user_id":', '{user_id:"a"}', "{'user_id':'a'}", '"alice"',
        || ($res->{status} == 400 && $res->{json}{error} eq 'invalid_json'),
        'JSON nested 2000 deep: 200 or invalid_json') or diag $res->{raw};
 }
+###########################################################################
+# strict JSON: RFC 8259 and nothing more lenient, in every field
+
+# raw control characters are not allowed inside a JSON string; a NUL byte
+# must not cut the id short either
+for my $c (["alice\x00evil", 'NUL byte'], ["ali\x01ce", 'byte 01'],
+           ["a\x1fb", 'byte 1f'], ["a\tb", 'tab'], ["a\nb", 'newline'],
+           ["a\r\n*1\r\n\$4\r\nPING\r\nb", 'CR LF'])
+{
+    (my $show = $c->[1]) =~ s/\n/\\n/g;
+    rejects("raw $show in user_id", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"$c->[0]"})) });
+    rejects("raw $show in another field", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","x":"$c->[0]"})) });
+}
+rejects('leave: raw NUL byte in user_id', 400, 'invalid_json',
+        sub { post('/leave', qq({"user_id":"alice\x00evil"})) });
+is($r->cmd('ZSCORE', $KEY, 'alice'), undef, '  alice was never written');
+
+for my $c (['01', 'leading zero'], ['-01', 'negative leading zero'],
+           ['00.5', 'leading zeros in a fraction'], ['1.', 'no digit after .'],
+           ['.5', 'no digit before .'], ['+1', 'a plus sign'],
+           ['0x10', 'hex'], ['NaN', 'NaN'], ['Infinity', 'Infinity'],
+           ['TRUE', 'TRUE'], ["'x'", 'single quotes'])
+{
+    rejects("another field: $c->[1] ($c->[0])", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","n":$c->[0]})) });
+}
+
+for my $c (["\xff", 'byte ff'], ["\xc0\xaf", 'overlong /'],
+           ["\xed\xa0\x80", 'encoded surrogate'], ["caf\xc3", 'truncated'])
+{
+    rejects("invalid UTF-8 in another field: $c->[1]", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","x":"$c->[0]"})) });
+    rejects("invalid UTF-8 in a key: $c->[1]", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","$c->[0]":1})) });
+}
+rejects('invalid UTF-8 after the object', 400, 'invalid_json',
+        sub { post('/hb', qq({"user_id":"bob"}\xff)) });
+rejects('NUL byte after the object', 400, 'invalid_json',
+        sub { post('/hb', qq({"user_id":"bob"}\x00)) });
+rejects('byte order mark', 400, 'invalid_json',
+        sub { post('/hb', qq(\xef\xbb\xbf{"user_id":"bob"})) });
+rejects('a lone surrogate escape in another field', 400, 'invalid_json',
+        sub { post('/hb', '{"user_id":"bob","x":"\ud800"}') });
+
+# two ids in one body: which one counts would be the parser's choice
+rejects('two user_id keys', 400, 'invalid_json',
+        sub { post('/hb', '{"user_id":"bob","user_id":"eve"}') });
+rejects('two user_id keys, one escaped', 400, 'invalid_json',
+        sub { post('/hb', '{"user_id":"bob","user\u005fid":"eve"}') });
+rejects('leave: two user_id keys', 400, 'invalid_json',
+        sub { post('/leave', '{"user_id":"seed","user_id":"eve"}') });
+
+# legal JSON around the id is the client's business
+touches_only('"\u0000" in another field', $KEY, 'nul-elsewhere',
+             sub { post('/hb', '{"user_id":"nul-elsewhere","x":"a\u0000b"}') });
+touches_only('nesting in another field', $KEY, 'nested', sub {
+    post('/hb', '{"x":{"a":[1,{"b":null},[]],"c":{}},"user_id":"nested"}');
+});
+touches_only('numbers in other fields', $KEY, 'numbers', sub {
+    post('/hb', '{"a":0,"b":-0,"c":-1.5e+3,"d":1E-999,"e":0.0e0,'
+                . '"f":123456789012345678901234567890,"user_id":"numbers"}');
+});
+touches_only('every JSON whitespace', $KEY, 'spaces',
+             sub { post('/hb', qq( \t\r\n{ "user_id" :\n"spaces"\t} \r\n)) });
+touches_only('DEL and C1 characters in another field', $KEY, 'c1',
+             sub { post('/hb', qq({"user_id":"c1","x":"\x7f\xc2\x85"})) });
+rejects('"\u0000" in user_id: valid JSON, not a valid id', 400,
+        'invalid_user_id', sub { post('/hb', '{"user_id":"a\u0000b"}') });
+
+{
+    # deeper than jansson's limit (2048) with room for it in the body:
+    # refused, and no unbounded recursion
+    for my $n (3000, 100000) {
+        rejects("JSON nested $n deep", 400, 'invalid_json', sub {
+            post('/big/hb',
+                 '{"a":' . ('[' x $n) . (']' x $n) . ',"user_id":"deep"}');
+        });
+    }
+}
+
 rejects('empty body', 400, 'invalid_json', sub { post('/hb', '') });
 rejects('empty body, no content type', 400, 'invalid_json',
         sub { $ng->post('/hb', '', no_ct => 1) });
@@ -407,6 +492,21 @@ for my $c (['', 'empty'], ['%FF', 'not UTF-8'], ['a%0Ab', 'newline'],
     rejects("lookup of $c->[1] user_id", 400, 'invalid_user_id',
             sub { $ng->get("/online?user_id=$c->[0]") });
 }
+# query values as browsers encode forms: '+' is a space, "%2B" a '+'
+touches_only('heartbeat as "a b"', $KEY, 'a b',
+             sub { post('/hb', '{"user_id":"a b"}') });
+$res = $ng->get('/online?user_id=a+b');
+is($res->{status}, 200, 'lookup of a+b') or diag $res->{raw};
+is($res->{json}{user_id}, 'a b', "  is user 'a b'");
+ok($res->{json}{online}, '  and finds them online');
+$res = $ng->get('/online?user_id=a%2Bb');
+is($res->{json}{user_id}, 'a+b', "lookup of a%2Bb is user 'a+b'");
+ok(!$res->{json}{online}, '  who is not online');
+$res = $ng->get('/online?user_id=+a%20+b%2B+');
+is($res->{json}{user_id}, ' a  b+ ', "'+' and \"%20\" mix, \"%2B\" kept");
+rejects("lookup of %0A+: still a newline in it", 400, 'invalid_user_id',
+        sub { $ng->get('/online?user_id=%0A+') });
+
 rejects('lookup over presence_max_id_length 8', 400, 'invalid_user_id',
         sub { $ng->get('/short/online?user_id=123456789') });
 $res = $ng->get('/online?user_id=' . ('a' x 128));

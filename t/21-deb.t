@@ -4,7 +4,7 @@
 # root (make deb-test builds the package first and sets both):
 #
 # apt-get install ./libnginx-mod-http-presence_*.deb; its Depends name the
-# installed nginx's nginx-abi-* and the hiredis, cJSON and jQuery packages;
+# installed nginx's nginx-abi-* and the hiredis, jansson and jQuery packages;
 # the files are where Debian's libnginx-mod-* packages put theirs and the
 # postinst enabled the module.  The stock /usr/sbin/nginx, not as a system
 # service (own prefix, pid, logs and port), runs the packaged
@@ -194,7 +194,7 @@ ok($abi, "the installed nginx provides $abi");
 like($depends, qr/(^|, )\Q$abi\E(,|$)/, "Depends on $abi (the nginx ABI, from dh_nginx)")
     if $abi;
 like($depends, qr/\blibhiredis0\.14\b/, 'Depends on libhiredis0.14 (shlibs)');
-like($depends, qr/\blibcjson1\b/, 'Depends on libcjson1 (shlibs)');
+like($depends, qr/\blibjansson4\b/, 'Depends on libjansson4 (shlibs)');
 like($depends, qr/\blibjs-jquery\b/, 'Depends on libjs-jquery');
 diag("Depends: $depends");
 
