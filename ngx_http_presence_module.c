@@ -457,7 +457,7 @@ static ngx_uint_t         ngx_http_presence_cache_count;
 static ngx_int_t
 ngx_http_presence_update_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
+    ngx_int_t                      rc, status;
     ngx_http_presence_ctx_t       *ctx;
     ngx_http_presence_loc_conf_t  *plcf;
 
@@ -478,7 +478,10 @@ ngx_http_presence_update_handler(ngx_http_request_t *r)
 
     if (plcf->identity) {
 
-        /* the identity comes from nginx: any body is ignored */
+        /*
+         * the identity comes from nginx: any body is ignored; a broken
+         * chunked body is nginx's own 400, see below
+         */
 
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
@@ -521,10 +524,19 @@ ngx_http_presence_update_handler(ngx_http_request_t *r)
 
 discard:
 
-    /* the answer comes before the body: nginx reads and drops it */
+    /*
+     * The answer comes before the body: nginx reads and drops it.  A
+     * chunked body that nginx cannot parse is answered 400 by nginx itself,
+     * here as in every handler and as ngx_http_read_client_request_body()
+     * does: the request is broken below the API, so no API error fits, and
+     * nginx closes the connection, whose next bytes it could no longer tell
+     * from a request.  Never a 500: the client is at fault.  A broken chunk
+     * that comes after the answer only closes the connection.
+     */
 
-    if (ngx_http_discard_request_body(r) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    status = ngx_http_discard_request_body(r);
+    if (status != NGX_OK) {
+        return status;
     }
 
     return ngx_http_presence_error(r, rc);
@@ -586,6 +598,8 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
     ngx_http_presence_ctx_t         *ctx;
     ngx_http_presence_loc_conf_t    *plcf;
     ngx_http_presence_cache_node_t  *node;
+
+    /* nginx's own 400 for a broken chunked body: see the update handler */
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
@@ -696,6 +710,8 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     ngx_uint_t                      prometheus;
     ngx_http_presence_shctx_t      *sh;
     ngx_http_presence_main_conf_t  *pmcf;
+
+    /* nginx's own 400 for a broken chunked body: see the update handler */
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
