@@ -161,6 +161,7 @@ static u_char *ngx_http_presence_json_str(u_char *p, ngx_str_t *s);
 
 
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_presence_status_text(ngx_http_request_t *r);
 static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
@@ -696,8 +697,8 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
 
 /*
  * presence_status: the counters of all workers and the Redis connection
- * of each, as JSON, or as Prometheus text when asked for text/plain or
- * with ?format=prometheus.
+ * of each, as JSON, or as Prometheus text when asked for with
+ * ?format=prometheus or an Accept header that prefers text/plain.
  */
 
 static ngx_int_t
@@ -705,11 +706,12 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
 {
     size_t                          size;
     ngx_int_t                       rc;
-    ngx_str_t                       format;
     ngx_buf_t                      *b;
-    ngx_uint_t                      prometheus;
     ngx_http_presence_shctx_t      *sh;
     ngx_http_presence_main_conf_t  *pmcf;
+
+    static ngx_str_t  vary = ngx_string("Vary");
+    static ngx_str_t  accept = ngx_string("Accept");
 
     /* nginx's own 400 for a broken chunked body: see the update handler */
 
@@ -725,24 +727,11 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
     sh = pmcf->shm_zone->data;
 
-    prometheus = 0;
+    /* the format depends on Accept: a cache must keep one of each */
 
-    if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK) {
-        prometheus = (format.len == 10
-                      && ngx_strncmp(format.data, "prometheus", 10) == 0);
+    if (ngx_http_presence_add_header(r, &vary, &accept, NULL) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-#if (NGX_HTTP_HEADERS)
-    if (r->headers_in.accept
-        && ngx_strlcasestrn(r->headers_in.accept->value.data,
-                            r->headers_in.accept->value.data
-                            + r->headers_in.accept->value.len,
-                            (u_char *) "text/plain", 10 - 1)
-           != NULL)
-    {
-        prometheus = 1;
-    }
-#endif
 
     /* a generous bound: every line at its longest */
 
@@ -755,7 +744,7 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (prometheus) {
+    if (ngx_http_presence_status_text(r)) {
         b->last = ngx_http_presence_status_prometheus(b->last, sh);
 
         ngx_str_set(&r->headers_out.content_type,
@@ -767,6 +756,59 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     }
 
     return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+}
+
+
+/*
+ * Text for ?format=prometheus, or when the Accept header lines weigh
+ * text/plain above application/json (ngx_http_presence_accept_text()).
+ * All the lines: before nginx 1.23 headers_in.accept holds the first only.
+ */
+
+static ngx_uint_t
+ngx_http_presence_status_text(ngx_http_request_t *r)
+{
+    ngx_str_t                    format;
+    ngx_uint_t                   i;
+    ngx_list_part_t             *part;
+    ngx_table_elt_t             *h;
+    ngx_http_presence_accept_t   accept;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK
+        && format.len == 10
+        && ngx_strncmp(format.data, "prometheus", 10) == 0)
+    {
+        return 1;
+    }
+
+    ngx_memzero(&accept, sizeof(ngx_http_presence_accept_t));
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == sizeof("Accept") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept",
+                               sizeof("Accept") - 1)
+               == 0)
+        {
+            ngx_http_presence_accept(&accept, &h[i].value);
+        }
+    }
+
+    return ngx_http_presence_accept_text(&accept);
 }
 
 

@@ -103,13 +103,60 @@ my @up = $p->{body} =~ /^nginx_presence_redis_connected\{pid="(\d+)"\} 1$/mg;
 is(scalar @up, 2, 'a connected gauge per worker');
 unlike($p->{body}, qr/[{]"/, 'no JSON in the text');
 
-my $a = $ng->get('/status', headers => [
-    Accept => 'application/openmetrics-text;version=1.0.0;q=0.75,'
-              . 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1']);
-like($a->{body}, qr/^nginx_presence_listings_total \d+$/m,
-     'what Prometheus sends for Accept gets text');
-is($ng->get('/status', headers => [Accept => '*/*'])->{json}{leaves}, 3,
-   'curl gets JSON');
+# the format by the Accept header's preferred type, q-values honoured:
+# text only when text/plain weighs more than application/json (directly,
+# as application/*, or as */*); JSON on a tie, and by default
+
+sub format_of {
+    my (@accept) = @_;
+    my $res = $ng->get('/status', headers => [map { (Accept => $_) } @accept]);
+    my $ct = $res->{headers}{'content-type'} // '';
+    return $res->{status} != 200 ? "status $res->{status}"
+         : $ct =~ m{^text/plain; version=0\.0\.4} && $res->{body} =~ /^# TYPE /m
+           ? 'text'
+         : $ct =~ m{^application/json} && $res->{json} ? 'json'
+         : "content-type '$ct'";
+}
+
+for my $c (
+    ['application/json, text/plain, */*', 'json', 'axios'],
+    ['text/plain', 'text'],
+    ['application/json;q=0.5, text/plain', 'text'],
+    ['text/plain;q=0.1, application/json', 'json'],
+    ['text/plain;q=0', 'json', 'q=0 is not acceptable'],
+    ['application/openmetrics-text;version=1.0.0;q=0.5,'
+     . 'text/plain;version=0.0.4;q=0.4,*/*;q=0.1', 'text', 'Prometheus'],
+    ['application/openmetrics-text;version=1.0.0;q=0.75,'
+     . 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1', 'text', 'older Prometheus'],
+    ['text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+     'json', 'a browser'],
+    ['*/*', 'json', 'curl'],
+    ['text/*', 'text'],
+    ['text/*, application/*', 'json'],
+    ['TEXT/Plain; Q=0.9, application/json; q=0.5', 'text'],
+    ['text/plain; q=1.0, application/json; q=0.999', 'text'],
+    ['text/plain;q=0, text/*;q=1, */*;q=0.5', 'json',
+     'the most specific range wins'],
+    ['text/plain;q=2', 'json', 'a weight above 1 is no range'],
+    ['text/plain;q=0.5x, application/json;q=0.1', 'json',
+     'a broken weight is no range'],
+    ['text/plain;x="a,application/json", image/png', 'text',
+     'a comma inside quotes'],
+    ['image/png', 'json', 'neither acceptable'],
+    ['', 'json', 'empty'],
+    ['application/json;q=0.1|text/plain', 'text', 'two header lines'],
+) {
+    my ($accept, $want, $name) = @$c;
+    is(format_of(split /\|/, $accept), $want,
+       ($name ? "$name: " : '') . "Accept: $accept -> $want");
+}
+is(format_of(), 'json', 'no Accept: JSON');
+
+for my $c (['', '*/*'], ['', 'text/plain'], ['?format=prometheus', '*/*']) {
+    my ($q, $accept) = @$c;
+    my $res = $ng->get("/status$q", headers => [Accept => $accept]);
+    is($res->{headers}{vary}, 'Accept', "Vary: Accept (/status$q, $accept)");
+}
 
 is($ng->post('/status', { user_id => 'x' })->{headers}{allow}, 'GET, HEAD',
    'status is GET only');
