@@ -167,11 +167,13 @@ static u_char *ngx_http_presence_status_json(u_char *p,
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
+static ngx_atomic_uint_t ngx_http_presence_start_time(ngx_pid_t pid,
+    ngx_uint_t *zombie);
 static ngx_uint_t ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_claim_slot(ngx_cycle_t *cycle,
-    ngx_http_presence_shctx_t *sh);
+    ngx_shm_zone_t *shm_zone);
 
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
@@ -1859,7 +1861,7 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     }
 
     if (pmcf->shm_zone) {
-        ngx_http_presence_claim_slot(cycle, pmcf->shm_zone->data);
+        ngx_http_presence_claim_slot(cycle, pmcf->shm_zone);
     }
 
     ngx_rbtree_init(&ngx_http_presence_cache,
@@ -1930,31 +1932,52 @@ done:
 }
 
 
-/* a slot of its own for this worker: a free one, or a dead worker's */
+/*
+ * A slot of its own for this worker: a free one, or a dead worker's.  The
+ * zone's mutex keeps two new workers from taking the same dead worker's
+ * slot (a pid and a start time cannot be set in one atomic step); nginx's
+ * master frees the mutex if a worker dies holding it.  The pid is written
+ * last: a reader that sees it sees the rest.
+ */
 
 static void
-ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_http_presence_shctx_t *sh)
+ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_shm_zone_t *shm_zone)
 {
-    ngx_uint_t              i;
-    ngx_atomic_uint_t       pid;
-    ngx_presence_worker_t  *w;
+    ngx_uint_t                  i;
+    ngx_slab_pool_t            *shpool;
+    ngx_presence_worker_t      *w;
+    ngx_http_presence_shctx_t  *sh;
+
+    sh = shm_zone->data;
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
 
     for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
         w = &sh->workers[i];
-        pid = w->pid;
 
-        if (pid && ngx_http_presence_worker_alive(w)) {
+        if (ngx_http_presence_worker_alive(w)) {
             continue;
         }
 
-        if (ngx_atomic_cmp_set(&w->pid, pid, (ngx_atomic_uint_t) ngx_pid)) {
-            w->in_flight = 0;
-            w->reconnects = 0;
-            w->connected = 0;
-            ngx_presence_worker = w;
-            return;
-        }
+        w->pid = 0;
+        ngx_memory_barrier();
+
+        w->in_flight = 0;
+        w->reconnects = 0;
+        w->connected = 0;
+        w->start = ngx_http_presence_start_time(ngx_pid, NULL);
+        ngx_memory_barrier();
+
+        w->pid = (ngx_atomic_uint_t) ngx_pid;
+
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        ngx_presence_worker = w;
+        return;
     }
+
+    ngx_shmtx_unlock(&shpool->mutex);
 
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                   "presence: no free status slot, this worker's redis "
@@ -1981,18 +2004,135 @@ ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
 }
 
 
+/*
+ * A worker that crashed never clears its slot, and its pid may later be
+ * another process's: kill(pid, 0) alone would take that process for the
+ * worker, list it, sum its stale in_flight, and keep the slot from ever
+ * being reused; it would also take a killed worker that the master has
+ * not reaped yet, a zombie, for alive.  So a slot holds the pid and the
+ * start time of the worker's process, which the worker reads itself when
+ * it claims the slot, and the worker is alive while a process with that
+ * pid started at that time and is no zombie.  A pid and a start time name
+ * one process only.  Reading procfs does not block.  Where it cannot be
+ * read (no procfs, another system than Linux) the start time is 0, and
+ * kill(pid, 0) decides as before.
+ */
+
 static ngx_int_t
 ngx_http_presence_worker_alive(ngx_presence_worker_t *w)
 {
-    ngx_pid_t  pid;
+    ngx_pid_t          pid;
+    ngx_uint_t         zombie;
+    ngx_atomic_uint_t  start, now;
 
     pid = (ngx_pid_t) w->pid;
+    ngx_memory_barrier();
+    start = w->start;
 
     if (pid == 0) {
         return 0;
     }
 
+    if (start) {
+        now = ngx_http_presence_start_time(pid, &zombie);
+
+        if (now == (ngx_atomic_uint_t) NGX_ERROR) {
+            return 0;
+        }
+
+        if (now) {
+            return now == start && !zombie;
+        }
+    }
+
     return !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH);
+}
+
+
+/*
+ * The start time of a process, field 22 of /proc/<pid>/stat (after the
+ * command, which is in parentheses and may hold any character); 0 when
+ * procfs cannot tell, NGX_ERROR when there is no such process.
+ */
+
+static ngx_atomic_uint_t
+ngx_http_presence_start_time(ngx_pid_t pid, ngx_uint_t *zombie)
+{
+#if (NGX_LINUX)
+    off_t        t;
+    u_char      *p, *last, *end;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_err_t    err;
+    ngx_uint_t   field;
+    u_char       name[sizeof("/proc//stat") + NGX_INT64_LEN];
+    u_char       buf[1024];
+
+    if (zombie) {
+        *zombie = 0;
+    }
+
+    ngx_sprintf(name, "/proc/%P/stat%Z", pid);
+
+    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        err = ngx_errno;
+        return (err == NGX_ENOENT || err == NGX_ESRCH)
+               ? (ngx_atomic_uint_t) NGX_ERROR : 0;
+    }
+
+    n = ngx_read_fd(fd, buf, sizeof(buf));
+    err = ngx_errno;
+
+    (void) ngx_close_file(fd);
+
+    if (n == -1) {
+        /* the process went away between open() and read() */
+        return (err == NGX_ESRCH) ? (ngx_atomic_uint_t) NGX_ERROR : 0;
+    }
+
+    end = buf + n;
+
+    for (p = end; p > buf && p[-1] != ')'; p--) { /* void */ }
+
+    if (p == buf) {
+        return 0;
+    }
+
+    /* p is past the command: " state ppid ...", the state is field 3 */
+
+    for (field = 2; field < 22; field++) {
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        if (field == 2 && zombie) {
+            *zombie = (p < end && (*p == 'Z' || *p == 'X'));
+        }
+
+        if (field < 21) {
+            while (p < end && *p != ' ') {
+                p++;
+            }
+        }
+    }
+
+    for (last = p; last < end && *last != ' '; last++) { /* void */ }
+
+    t = ngx_atoof(p, last - p);
+
+    return (t > 0) ? (ngx_atomic_uint_t) t : 0;
+
+#else
+
+    if (zombie) {
+        *zombie = 0;
+    }
+
+    return 0;
+
+#endif
 }
 
 

@@ -178,4 +178,81 @@ is(status()->{heartbeats}, $before->{heartbeats} + 1, 'and go on counting');
 
 check_log($ng);
 
+###########################################################################
+# A worker that crashed is not listed, nor is its in_flight summed, even
+# while its pid still names a process: here the zombie it is until the
+# master reaps it (the master is stopped), which kill(pid, 0) took for a
+# live worker, as it would take any process that got the pid later.
+
+my $cr = start_nginx(<<'EOF', vars => { REDIS => $r->addr }, workers => 2);
+presence_redis %%REDIS%%;
+presence_redis_timeout 30s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /hb     { presence_heartbeat; }
+    location = /status { presence_status; }
+}
+EOF
+
+sub cstatus { $cr->get('/status')->{json} }
+
+ok(wait_for(sub {
+    my $s = cstatus();
+    $s && @{ $s->{workers} } == 2 && !grep { !$_->{redis_connected} }
+                                           @{ $s->{workers} };
+}, 5), 'crash: two workers connected');
+
+# heartbeats that stay in flight on a frozen Redis, until one of the
+# workers has some
+$r->kill_stop;
+my (@pending, $busy);
+ok(wait_for(sub {
+    push @pending, $cr->send_request('POST', '/hb', body => '{"user_id":"c"}',
+        headers => ['Content-Type' => 'application/json']);
+    my $s = cstatus() or return 0;
+    ($busy) = grep { $_->{redis_in_flight} > 0 } @{ $s->{workers} };
+    $busy;
+}, 5, 0.05), 'crash: a worker has commands in flight')
+    or diag explain cstatus();
+
+my $dead = $busy->{pid};
+my ($live) = grep { $_ != $dead } $cr->worker_pids;
+
+kill 'STOP', $cr->pid;
+kill 'KILL', $dead;
+ok(wait_for(sub { slurp("/proc/$dead/stat") =~ /\)\s+Z/ }, 5),
+   'crash: the killed worker is a zombie, its pid taken');
+
+my $z = cstatus();
+is_deeply([map { $_->{pid} } @{ $z->{workers} }], [$live],
+          'crash: only the live worker is listed') or diag explain $z;
+my ($lw) = grep { $_->{pid} == $live } @{ $z->{workers} };
+is($z->{redis_in_flight}, $lw && $lw->{redis_in_flight},
+   'crash: in flight is the live worker\'s only');
+
+kill 'CONT', $cr->pid;
+ok(wait_for(sub {
+    my @w = $cr->worker_pids;
+    @w == 2 && !grep { $_ == $dead } @w;
+}, 5), 'crash: the master starts a new worker');
+
+$r->cont;
+ok(wait_for(sub {
+    my $s = cstatus();
+    $s && $s->{redis_in_flight} == 0
+       && @{ $s->{workers} } == 2
+       && join(',', sort map { $_->{pid} } @{ $s->{workers} })
+          eq join(',', sort $cr->worker_pids);
+}, 5), 'crash: the live workers listed, nothing left in flight')
+    or diag explain cstatus(), [$cr->worker_pids];
+$_->finish(5) for @pending;
+
+# the crash itself is the one alert expected
+$cr->stop;
+my @bad = grep { /\[(?:alert|crit|emerg)\]|Sanitizer|runtime error/
+                 && !/worker process $dead exited on signal 9/ }
+          split /\n/, slurp($cr->error_log) . slurp($cr->stderr_log);
+ok(!@bad, 'crash: nothing else in the log') or diag join "\n", @bad;
+
 done_testing;
