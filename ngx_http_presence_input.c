@@ -16,6 +16,14 @@
 
 static ngx_int_t ngx_http_presence_equal_nocase(u_char *p, size_t len,
     char *s);
+static u_char *ngx_http_presence_accept_range(
+    ngx_http_presence_accept_t *accept, u_char *p, u_char *end);
+static void ngx_http_presence_accept_match(ngx_http_presence_accept_t *accept,
+    ngx_str_t *type, ngx_str_t *subtype, ngx_uint_t q);
+static ngx_int_t ngx_http_presence_qvalue(ngx_str_t *value);
+static u_char *ngx_http_presence_token(u_char *p, u_char *end);
+static u_char *ngx_http_presence_ows(u_char *p, u_char *end);
+static u_char *ngx_http_presence_quoted(u_char *p, u_char *end);
 
 
 /*
@@ -298,4 +306,309 @@ ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag)
             return 1;
         }
     }
+}
+
+
+/*
+ * One Accept header line (RFC 9110, 12.5.1), added to what earlier lines
+ * gave: a list of media ranges with parameters and a weight.  A range that
+ * is not well formed, or whose weight is, counts for nothing; the commas
+ * inside a quoted parameter value separate nothing.
+ */
+
+void
+ngx_http_presence_accept(ngx_http_presence_accept_t *accept,
+    ngx_str_t *value)
+{
+    u_char  *p, *end;
+
+    p = value->data;
+    end = p + value->len;
+
+    while (p < end) {
+        p = ngx_http_presence_accept_range(accept, p, end);
+    }
+}
+
+
+/*
+ * Prometheus text only when text/plain weighs more than application/json:
+ * JSON is the default and the API's own format, so a tie is JSON (axios
+ * sends application/json, text/plain and any type alike), and so is neither
+ * being acceptable.  The order of the ranges means nothing (RFC 9110), and a
+ * proxy may merge or reorder header lines.
+ */
+
+ngx_int_t
+ngx_http_presence_accept_text(ngx_http_presence_accept_t *accept)
+{
+    return accept->q[NGX_HTTP_PRESENCE_FORMAT_TEXT]
+           > accept->q[NGX_HTTP_PRESENCE_FORMAT_JSON];
+}
+
+
+/* one media range up to and past its comma */
+
+static u_char *
+ngx_http_presence_accept_range(ngx_http_presence_accept_t *accept, u_char *p,
+    u_char *end)
+{
+    u_char     *start;
+    ngx_int_t   q, w;
+    ngx_str_t   type, subtype, name, value;
+
+    q = -1;
+
+    p = ngx_http_presence_ows(p, end);
+
+    type.data = p;
+    p = ngx_http_presence_token(p, end);
+    type.len = p - type.data;
+
+    if (type.len == 0 || p == end || *p != '/') {
+        goto skip;
+    }
+
+    subtype.data = ++p;
+    p = ngx_http_presence_token(p, end);
+    subtype.len = p - subtype.data;
+
+    if (subtype.len == 0) {
+        goto skip;
+    }
+
+    /* parameters: the first "q" is the weight, the others count for nothing */
+
+    for ( ;; ) {
+        p = ngx_http_presence_ows(p, end);
+
+        if (p == end || *p == ',') {
+            break;
+        }
+
+        if (*p != ';') {
+            goto skip;
+        }
+
+        p++;
+
+        p = ngx_http_presence_ows(p, end);
+
+        name.data = p;
+        p = ngx_http_presence_token(p, end);
+        name.len = p - name.data;
+
+        if (name.len == 0) {
+            /* an empty parameter, ";;", is allowed */
+            continue;
+        }
+
+        if (p == end || *p != '=') {
+            goto skip;
+        }
+
+        p++;
+
+        if (p < end && *p == '"') {
+            start = p;
+            p = ngx_http_presence_quoted(p, end);
+
+            if (p == NULL) {
+                p = end;
+                goto skip;
+            }
+
+            value.data = start;
+            value.len = p - start;
+
+        } else {
+            value.data = p;
+            p = ngx_http_presence_token(p, end);
+            value.len = p - value.data;
+        }
+
+        if (name.len == 1 && (name.data[0] | 0x20) == 'q' && q == -1) {
+            w = ngx_http_presence_qvalue(&value);
+
+            if (w == NGX_ERROR) {
+                goto skip;
+            }
+
+            q = w;
+        }
+    }
+
+    ngx_http_presence_accept_match(accept, &type, &subtype,
+                                   (q == -1) ? 1000 : q);
+
+skip:
+
+    /* the rest of the range, quoted strings and all, and the comma */
+
+    while (p < end && *p != ',') {
+
+        if (*p == '"') {
+            p = ngx_http_presence_quoted(p, end);
+
+            if (p == NULL) {
+                return end;
+            }
+
+            continue;
+        }
+
+        p++;
+    }
+
+    return (p < end) ? p + 1 : end;
+}
+
+
+/* the most specific range that names a format sets its weight */
+
+static void
+ngx_http_presence_accept_match(ngx_http_presence_accept_t *accept,
+    ngx_str_t *type, ngx_str_t *subtype, ngx_uint_t q)
+{
+    ngx_uint_t  i, specific;
+
+    static char  *names[][2] = {
+        { "application", "json" },      /* NGX_HTTP_PRESENCE_FORMAT_JSON */
+        { "text", "plain" }             /* NGX_HTTP_PRESENCE_FORMAT_TEXT */
+    };
+
+    for (i = 0; i < 2; i++) {
+
+        if (type->len == 1 && type->data[0] == '*') {
+            /* "*" with a named subtype is no media range */
+            specific = (subtype->len == 1 && subtype->data[0] == '*') ? 1 : 0;
+
+        } else if (!ngx_http_presence_equal_nocase(type->data, type->len,
+                                                   names[i][0]))
+        {
+            specific = 0;
+
+        } else if (subtype->len == 1 && subtype->data[0] == '*') {
+            specific = 2;
+
+        } else {
+            specific = ngx_http_presence_equal_nocase(subtype->data,
+                                                      subtype->len,
+                                                      names[i][1])
+                       ? 3 : 0;
+        }
+
+        if (specific == 0 || specific < accept->specific[i]) {
+            continue;
+        }
+
+        if (specific > accept->specific[i] || q > accept->q[i]) {
+            accept->specific[i] = specific;
+            accept->q[i] = q;
+        }
+    }
+}
+
+
+/* "0" to "1" with at most three decimals, in thousandths */
+
+static ngx_int_t
+ngx_http_presence_qvalue(ngx_str_t *value)
+{
+    size_t      i;
+    ngx_int_t   q, unit;
+
+    if (value->len == 0 || value->len > 5
+        || (value->data[0] != '0' && value->data[0] != '1'))
+    {
+        return NGX_ERROR;
+    }
+
+    q = (value->data[0] - '0') * 1000;
+
+    if (value->len == 1) {
+        return q;
+    }
+
+    if (value->data[1] != '.') {
+        return NGX_ERROR;
+    }
+
+    unit = 100;
+
+    for (i = 2; i < value->len; i++) {
+        if (value->data[i] < '0' || value->data[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        q += (value->data[i] - '0') * unit;
+        unit /= 10;
+    }
+
+    return (q > 1000) ? NGX_ERROR : q;
+}
+
+
+/* past the token characters of RFC 9110, 5.6.2 */
+
+static u_char *
+ngx_http_presence_token(u_char *p, u_char *end)
+{
+    u_char  c;
+
+    for ( /* void */ ; p < end; p++) {
+        c = *p;
+
+        if ((c >= '0' && c <= '9')
+            || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
+        {
+            continue;
+        }
+
+        switch (c) {
+        case '!': case '#': case '$': case '%': case '&': case '\'':
+        case '*': case '+': case '-': case '.': case '^': case '_':
+        case '`': case '|': case '~':
+            continue;
+        }
+
+        break;
+    }
+
+    return p;
+}
+
+
+static u_char *
+ngx_http_presence_ows(u_char *p, u_char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    return p;
+}
+
+
+/* p at the opening quote: past the closing one, or NULL if there is none */
+
+static u_char *
+ngx_http_presence_quoted(u_char *p, u_char *end)
+{
+    for (p++; p < end; p++) {
+
+        if (*p == '\\') {
+            if (++p == end) {
+                return NULL;
+            }
+
+            continue;
+        }
+
+        if (*p == '"') {
+            return p + 1;
+        }
+    }
+
+    return NULL;
 }

@@ -37,12 +37,32 @@ typedef enum {
 } ngx_http_presence_err_e;
 
 
+/*
+ * What the Accept header lines make of the two formats of presence_status:
+ * for each, the weight (in thousandths) of the most specific media range
+ * that names it, and how specific that range is: 0 none yet, 1 any type,
+ * 2 the type with any subtype, 3 the type and the subtype.  Zeroed before
+ * the first line.
+ */
+
+#define NGX_HTTP_PRESENCE_FORMAT_JSON  0
+#define NGX_HTTP_PRESENCE_FORMAT_TEXT  1
+
+typedef struct {
+    ngx_uint_t                  q[2];
+    ngx_uint_t                  specific[2];
+} ngx_http_presence_accept_t;
+
+
 ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
 ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
     ngx_str_t *user);
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
 ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
 ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
+void ngx_http_presence_accept(ngx_http_presence_accept_t *accept,
+    ngx_str_t *value);
+ngx_int_t ngx_http_presence_accept_text(ngx_http_presence_accept_t *accept);
 
 
 #endif /* _NGX_HTTP_PRESENCE_INPUT_H_INCLUDED_ */

@@ -164,16 +164,19 @@ static u_char *ngx_http_presence_json_str(u_char *p, ngx_str_t *s);
 
 
 static ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_presence_status_text(ngx_http_request_t *r);
 static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
+static ngx_atomic_uint_t ngx_http_presence_start_time(ngx_pid_t pid,
+    ngx_uint_t *zombie);
 static ngx_uint_t ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh);
 static ngx_int_t ngx_http_presence_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_presence_claim_slot(ngx_cycle_t *cycle,
-    ngx_http_presence_shctx_t *sh);
+    ngx_shm_zone_t *shm_zone);
 
 static ngx_int_t ngx_http_presence_init_process(ngx_cycle_t *cycle);
 static void ngx_http_presence_exit_process(ngx_cycle_t *cycle);
@@ -460,7 +463,7 @@ static ngx_uint_t         ngx_http_presence_cache_count;
 static ngx_int_t
 ngx_http_presence_update_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
+    ngx_int_t                      rc, status;
     ngx_http_presence_ctx_t       *ctx;
     ngx_http_presence_loc_conf_t  *plcf;
 
@@ -481,7 +484,10 @@ ngx_http_presence_update_handler(ngx_http_request_t *r)
 
     if (plcf->identity) {
 
-        /* the identity comes from nginx: any body is ignored */
+        /*
+         * the identity comes from nginx: any body is ignored; a broken
+         * chunked body is nginx's own 400, see below
+         */
 
         rc = ngx_http_discard_request_body(r);
         if (rc != NGX_OK) {
@@ -524,10 +530,19 @@ ngx_http_presence_update_handler(ngx_http_request_t *r)
 
 discard:
 
-    /* the answer comes before the body: nginx reads and drops it */
+    /*
+     * The answer comes before the body: nginx reads and drops it.  A
+     * chunked body that nginx cannot parse is answered 400 by nginx itself,
+     * here as in every handler and as ngx_http_read_client_request_body()
+     * does: the request is broken below the API, so no API error fits, and
+     * nginx closes the connection, whose next bytes it could no longer tell
+     * from a request.  Never a 500: the client is at fault.  A broken chunk
+     * that comes after the answer only closes the connection.
+     */
 
-    if (ngx_http_discard_request_body(r) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    status = ngx_http_discard_request_body(r);
+    if (status != NGX_OK) {
+        return status;
     }
 
     return ngx_http_presence_error(r, rc);
@@ -590,6 +605,8 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
     ngx_http_presence_ctx_t         *ctx;
     ngx_http_presence_loc_conf_t    *plcf;
     ngx_http_presence_cache_node_t  *node;
+
+    /* nginx's own 400 for a broken chunked body: see the update handler */
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
@@ -698,8 +715,8 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
 
 /*
  * presence_status: the counters of all workers and the Redis connection
- * of each, as JSON, or as Prometheus text when asked for text/plain or
- * with ?format=prometheus.
+ * of each, as JSON, or as Prometheus text when asked for with
+ * ?format=prometheus or an Accept header that prefers text/plain.
  */
 
 static ngx_int_t
@@ -707,11 +724,14 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
 {
     size_t                          size;
     ngx_int_t                       rc;
-    ngx_str_t                       format;
     ngx_buf_t                      *b;
-    ngx_uint_t                      prometheus;
     ngx_http_presence_shctx_t      *sh;
     ngx_http_presence_main_conf_t  *pmcf;
+
+    static ngx_str_t  vary = ngx_string("Vary");
+    static ngx_str_t  accept = ngx_string("Accept");
+
+    /* nginx's own 400 for a broken chunked body: see the update handler */
 
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
@@ -725,24 +745,11 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
     sh = pmcf->shm_zone->data;
 
-    prometheus = 0;
+    /* the format depends on Accept: a cache must keep one of each */
 
-    if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK) {
-        prometheus = (format.len == 10
-                      && ngx_strncmp(format.data, "prometheus", 10) == 0);
+    if (ngx_http_presence_add_header(r, &vary, &accept, NULL) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-#if (NGX_HTTP_HEADERS)
-    if (r->headers_in.accept
-        && ngx_strlcasestrn(r->headers_in.accept->value.data,
-                            r->headers_in.accept->value.data
-                            + r->headers_in.accept->value.len,
-                            (u_char *) "text/plain", 10 - 1)
-           != NULL)
-    {
-        prometheus = 1;
-    }
-#endif
 
     /* a generous bound: every line at its longest */
 
@@ -755,7 +762,7 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (prometheus) {
+    if (ngx_http_presence_status_text(r)) {
         b->last = ngx_http_presence_status_prometheus(b->last, sh);
 
         ngx_str_set(&r->headers_out.content_type,
@@ -767,6 +774,59 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     }
 
     return ngx_http_presence_send(r, NGX_HTTP_OK, b);
+}
+
+
+/*
+ * Text for ?format=prometheus, or when the Accept header lines weigh
+ * text/plain above application/json (ngx_http_presence_accept_text()).
+ * All the lines: before nginx 1.23 headers_in.accept holds the first only.
+ */
+
+static ngx_uint_t
+ngx_http_presence_status_text(ngx_http_request_t *r)
+{
+    ngx_str_t                    format;
+    ngx_uint_t                   i;
+    ngx_list_part_t             *part;
+    ngx_table_elt_t             *h;
+    ngx_http_presence_accept_t   accept;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &format) == NGX_OK
+        && format.len == 10
+        && ngx_strncmp(format.data, "prometheus", 10) == 0)
+    {
+        return 1;
+    }
+
+    ngx_memzero(&accept, sizeof(ngx_http_presence_accept_t));
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash != 0
+            && h[i].key.len == sizeof("Accept") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept",
+                               sizeof("Accept") - 1)
+               == 0)
+        {
+            ngx_http_presence_accept(&accept, &h[i].value);
+        }
+    }
+
+    return ngx_http_presence_accept_text(&accept);
 }
 
 
@@ -1829,7 +1889,7 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
     }
 
     if (pmcf->shm_zone) {
-        ngx_http_presence_claim_slot(cycle, pmcf->shm_zone->data);
+        ngx_http_presence_claim_slot(cycle, pmcf->shm_zone);
     }
 
     ngx_rbtree_init(&ngx_http_presence_cache,
@@ -1900,31 +1960,52 @@ done:
 }
 
 
-/* a slot of its own for this worker: a free one, or a dead worker's */
+/*
+ * A slot of its own for this worker: a free one, or a dead worker's.  The
+ * zone's mutex keeps two new workers from taking the same dead worker's
+ * slot (a pid and a start time cannot be set in one atomic step); nginx's
+ * master frees the mutex if a worker dies holding it.  The pid is written
+ * last: a reader that sees it sees the rest.
+ */
 
 static void
-ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_http_presence_shctx_t *sh)
+ngx_http_presence_claim_slot(ngx_cycle_t *cycle, ngx_shm_zone_t *shm_zone)
 {
-    ngx_uint_t              i;
-    ngx_atomic_uint_t       pid;
-    ngx_presence_worker_t  *w;
+    ngx_uint_t                  i;
+    ngx_slab_pool_t            *shpool;
+    ngx_presence_worker_t      *w;
+    ngx_http_presence_shctx_t  *sh;
+
+    sh = shm_zone->data;
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    ngx_shmtx_lock(&shpool->mutex);
 
     for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
         w = &sh->workers[i];
-        pid = w->pid;
 
-        if (pid && ngx_http_presence_worker_alive(w)) {
+        if (ngx_http_presence_worker_alive(w)) {
             continue;
         }
 
-        if (ngx_atomic_cmp_set(&w->pid, pid, (ngx_atomic_uint_t) ngx_pid)) {
-            w->in_flight = 0;
-            w->reconnects = 0;
-            w->connected = 0;
-            ngx_presence_worker = w;
-            return;
-        }
+        w->pid = 0;
+        ngx_memory_barrier();
+
+        w->in_flight = 0;
+        w->reconnects = 0;
+        w->connected = 0;
+        w->start = ngx_http_presence_start_time(ngx_pid, NULL);
+        ngx_memory_barrier();
+
+        w->pid = (ngx_atomic_uint_t) ngx_pid;
+
+        ngx_shmtx_unlock(&shpool->mutex);
+
+        ngx_presence_worker = w;
+        return;
     }
+
+    ngx_shmtx_unlock(&shpool->mutex);
 
     ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
                   "presence: no free status slot, this worker's redis "
@@ -1951,18 +2032,135 @@ ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
 }
 
 
+/*
+ * A worker that crashed never clears its slot, and its pid may later be
+ * another process's: kill(pid, 0) alone would take that process for the
+ * worker, list it, sum its stale in_flight, and keep the slot from ever
+ * being reused; it would also take a killed worker that the master has
+ * not reaped yet, a zombie, for alive.  So a slot holds the pid and the
+ * start time of the worker's process, which the worker reads itself when
+ * it claims the slot, and the worker is alive while a process with that
+ * pid started at that time and is no zombie.  A pid and a start time name
+ * one process only.  Reading procfs does not block.  Where it cannot be
+ * read (no procfs, another system than Linux) the start time is 0, and
+ * kill(pid, 0) decides as before.
+ */
+
 static ngx_int_t
 ngx_http_presence_worker_alive(ngx_presence_worker_t *w)
 {
-    ngx_pid_t  pid;
+    ngx_pid_t          pid;
+    ngx_uint_t         zombie;
+    ngx_atomic_uint_t  start, now;
 
     pid = (ngx_pid_t) w->pid;
+    ngx_memory_barrier();
+    start = w->start;
 
     if (pid == 0) {
         return 0;
     }
 
+    if (start) {
+        now = ngx_http_presence_start_time(pid, &zombie);
+
+        if (now == (ngx_atomic_uint_t) NGX_ERROR) {
+            return 0;
+        }
+
+        if (now) {
+            return now == start && !zombie;
+        }
+    }
+
     return !(kill(pid, 0) == -1 && ngx_errno == NGX_ESRCH);
+}
+
+
+/*
+ * The start time of a process, field 22 of /proc/<pid>/stat (after the
+ * command, which is in parentheses and may hold any character); 0 when
+ * procfs cannot tell, NGX_ERROR when there is no such process.
+ */
+
+static ngx_atomic_uint_t
+ngx_http_presence_start_time(ngx_pid_t pid, ngx_uint_t *zombie)
+{
+#if (NGX_LINUX)
+    off_t        t;
+    u_char      *p, *last, *end;
+    ssize_t      n;
+    ngx_fd_t     fd;
+    ngx_err_t    err;
+    ngx_uint_t   field;
+    u_char       name[sizeof("/proc//stat") + NGX_INT64_LEN];
+    u_char       buf[1024];
+
+    if (zombie) {
+        *zombie = 0;
+    }
+
+    ngx_sprintf(name, "/proc/%P/stat%Z", pid);
+
+    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        err = ngx_errno;
+        return (err == NGX_ENOENT || err == NGX_ESRCH)
+               ? (ngx_atomic_uint_t) NGX_ERROR : 0;
+    }
+
+    n = ngx_read_fd(fd, buf, sizeof(buf));
+    err = ngx_errno;
+
+    (void) ngx_close_file(fd);
+
+    if (n == -1) {
+        /* the process went away between open() and read() */
+        return (err == NGX_ESRCH) ? (ngx_atomic_uint_t) NGX_ERROR : 0;
+    }
+
+    end = buf + n;
+
+    for (p = end; p > buf && p[-1] != ')'; p--) { /* void */ }
+
+    if (p == buf) {
+        return 0;
+    }
+
+    /* p is past the command: " state ppid ...", the state is field 3 */
+
+    for (field = 2; field < 22; field++) {
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        if (field == 2 && zombie) {
+            *zombie = (p < end && (*p == 'Z' || *p == 'X'));
+        }
+
+        if (field < 21) {
+            while (p < end && *p != ' ') {
+                p++;
+            }
+        }
+    }
+
+    for (last = p; last < end && *last != ' '; last++) { /* void */ }
+
+    t = ngx_atoof(p, last - p);
+
+    return (t > 0) ? (ngx_atomic_uint_t) t : 0;
+
+#else
+
+    if (zombie) {
+        *zombie = 0;
+    }
+
+    return 0;
+
+#endif
 }
 
 

@@ -65,10 +65,15 @@ typedef struct {
 } ngx_presence_counters_t;
 
 
-/* one worker's Redis connection; only that worker writes its slot */
+/*
+ * one worker's Redis connection; only that worker writes its slot, once
+ * it has claimed it.  pid and start (the start time of its process) name
+ * the worker: see ngx_http_presence_worker_alive().
+ */
 
 typedef struct {
     ngx_atomic_t               pid;
+    ngx_atomic_t               start;
     ngx_atomic_t               in_flight;
     ngx_atomic_t               reconnects;
     ngx_atomic_t               connected;

@@ -28,6 +28,7 @@ server {
     location = /leave  { presence_leave; }
     location = /online { presence_online; }
     location = /hbv    { presence_heartbeat $http_x_user; }
+    location = /status { presence_status; }
 
     location = /room/hb     { presence_room $arg_room; presence_heartbeat; }
     location = /room/online { presence_room $arg_room; presence_online; }
@@ -419,6 +420,56 @@ is(join(' ', map { $_->{status} } @res), '100 200',
 is($res[0]{status}, 413, 'keep-alive: 413 first');
 ok(!$res[1] || $res[1]{status} == 200, '  then nothing or the next request')
     or diag $res[1]{raw};
+
+###########################################################################
+# chunked bodies nginx cannot parse: nginx's own 400 whichever handler and
+# whatever the module would have answered, never a 500; the connection is
+# closed, so that the bytes after the broken chunk never become a request
+
+my $next = "GET /online?user_id=seed HTTP/1.1\r\nHost: x\r\n"
+    . "Connection: close\r\n\r\n";
+
+sub broken_chunk {
+    my ($name, $method, $path, $headers, $body, %o) = @_;
+    my $head = "$method $path HTTP/1.1\r\nHost: x\r\n"
+        . join('', map { "$_\r\n" } @$headers)
+        . "Transfer-Encoding: chunked\r\n\r\n";
+    my $before = $r->snapshot;
+    my @res = $ng->raw($o{late} ? [$head, $body . $next] : $head . $body . $next,
+                       delay => 0.2);
+    my $st = join ' ', map { $_->{status} } @res;
+    is($st, $o{status} // 400, $name) or diag explain \@res;
+    api_error_ok($res[0], $o{status}, $o{code}, '  the JSON error') if $o{code};
+    is_deeply($r->snapshot, $before, '  redis unchanged');
+}
+
+my @json = ('Content-Type: application/json');
+my @html = ('Content-Type: text/html');
+
+broken_chunk('415 on the way, broken chunk', 'POST', '/hb', \@html, "zz\r\n");
+broken_chunk('405 on the way, broken chunk', 'GET', '/hb', [], "zz\r\n");
+broken_chunk('PUT, broken chunk', 'PUT', '/hb', \@json, "zz\r\n");
+broken_chunk('heartbeat, broken chunk', 'POST', '/hb', \@json, "zz\r\n");
+broken_chunk('heartbeat, a good chunk then a broken one', 'POST', '/hb',
+             \@json, "5\r\n{\"use\r\nzz\r\n");
+broken_chunk('heartbeat, chunk size overflows', 'POST', '/hb', \@json,
+             "fffffffffffffffffffff\r\n");
+broken_chunk('heartbeat, no CRLF after the chunk', 'POST', '/hb', \@json,
+             "2\r\n{}xx");
+broken_chunk('heartbeat, the broken chunk comes later', 'POST', '/hb',
+             \@json, "zz\r\n", late => 1);
+broken_chunk('variable identity, broken chunk', 'POST', '/hbv',
+             [@json, 'X-User: broken'], "zz\r\n");
+broken_chunk('online, broken chunk', 'GET', '/online', [], "zz\r\n");
+broken_chunk('status, broken chunk', 'GET', '/status', [], "zz\r\n");
+
+# the module answered before the broken chunk came: its error stands
+broken_chunk('415 sent, then a broken chunk', 'POST', '/hb', \@html,
+             "zz\r\n", late => 1, status => 415,
+             code => 'unsupported_media_type');
+broken_chunk('405 sent, then a broken chunk', 'GET', '/hb', [],
+             "zz\r\n", late => 1, status => 405,
+             code => 'method_not_allowed');
 
 ###########################################################################
 # methods

@@ -103,13 +103,60 @@ my @up = $p->{body} =~ /^nginx_presence_redis_connected\{pid="(\d+)"\} 1$/mg;
 is(scalar @up, 2, 'a connected gauge per worker');
 unlike($p->{body}, qr/[{]"/, 'no JSON in the text');
 
-my $a = $ng->get('/status', headers => [
-    Accept => 'application/openmetrics-text;version=1.0.0;q=0.75,'
-              . 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1']);
-like($a->{body}, qr/^nginx_presence_listings_total \d+$/m,
-     'what Prometheus sends for Accept gets text');
-is($ng->get('/status', headers => [Accept => '*/*'])->{json}{leaves}, 3,
-   'curl gets JSON');
+# the format by the Accept header's preferred type, q-values honoured:
+# text only when text/plain weighs more than application/json (directly,
+# as application/*, or as */*); JSON on a tie, and by default
+
+sub format_of {
+    my (@accept) = @_;
+    my $res = $ng->get('/status', headers => [map { (Accept => $_) } @accept]);
+    my $ct = $res->{headers}{'content-type'} // '';
+    return $res->{status} != 200 ? "status $res->{status}"
+         : $ct =~ m{^text/plain; version=0\.0\.4} && $res->{body} =~ /^# TYPE /m
+           ? 'text'
+         : $ct =~ m{^application/json} && $res->{json} ? 'json'
+         : "content-type '$ct'";
+}
+
+for my $c (
+    ['application/json, text/plain, */*', 'json', 'axios'],
+    ['text/plain', 'text'],
+    ['application/json;q=0.5, text/plain', 'text'],
+    ['text/plain;q=0.1, application/json', 'json'],
+    ['text/plain;q=0', 'json', 'q=0 is not acceptable'],
+    ['application/openmetrics-text;version=1.0.0;q=0.5,'
+     . 'text/plain;version=0.0.4;q=0.4,*/*;q=0.1', 'text', 'Prometheus'],
+    ['application/openmetrics-text;version=1.0.0;q=0.75,'
+     . 'text/plain;version=0.0.4;q=0.5,*/*;q=0.1', 'text', 'older Prometheus'],
+    ['text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8',
+     'json', 'a browser'],
+    ['*/*', 'json', 'curl'],
+    ['text/*', 'text'],
+    ['text/*, application/*', 'json'],
+    ['TEXT/Plain; Q=0.9, application/json; q=0.5', 'text'],
+    ['text/plain; q=1.0, application/json; q=0.999', 'text'],
+    ['text/plain;q=0, text/*;q=1, */*;q=0.5', 'json',
+     'the most specific range wins'],
+    ['text/plain;q=2', 'json', 'a weight above 1 is no range'],
+    ['text/plain;q=0.5x, application/json;q=0.1', 'json',
+     'a broken weight is no range'],
+    ['text/plain;x="a,application/json", image/png', 'text',
+     'a comma inside quotes'],
+    ['image/png', 'json', 'neither acceptable'],
+    ['', 'json', 'empty'],
+    ['application/json;q=0.1|text/plain', 'text', 'two header lines'],
+) {
+    my ($accept, $want, $name) = @$c;
+    is(format_of(split /\|/, $accept), $want,
+       ($name ? "$name: " : '') . "Accept: $accept -> $want");
+}
+is(format_of(), 'json', 'no Accept: JSON');
+
+for my $c (['', '*/*'], ['', 'text/plain'], ['?format=prometheus', '*/*']) {
+    my ($q, $accept) = @$c;
+    my $res = $ng->get("/status$q", headers => [Accept => $accept]);
+    is($res->{headers}{vary}, 'Accept', "Vary: Accept (/status$q, $accept)");
+}
 
 is($ng->post('/status', { user_id => 'x' })->{headers}{allow}, 'GET, HEAD',
    'status is GET only');
@@ -130,5 +177,82 @@ $ng->post('/hb', { user_id => 'z' });
 is(status()->{heartbeats}, $before->{heartbeats} + 1, 'and go on counting');
 
 check_log($ng);
+
+###########################################################################
+# A worker that crashed is not listed, nor is its in_flight summed, even
+# while its pid still names a process: here the zombie it is until the
+# master reaps it (the master is stopped), which kill(pid, 0) took for a
+# live worker, as it would take any process that got the pid later.
+
+my $cr = start_nginx(<<'EOF', vars => { REDIS => $r->addr }, workers => 2);
+presence_redis %%REDIS%%;
+presence_redis_timeout 30s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location = /hb     { presence_heartbeat; }
+    location = /status { presence_status; }
+}
+EOF
+
+sub cstatus { $cr->get('/status')->{json} }
+
+ok(wait_for(sub {
+    my $s = cstatus();
+    $s && @{ $s->{workers} } == 2 && !grep { !$_->{redis_connected} }
+                                           @{ $s->{workers} };
+}, 5), 'crash: two workers connected');
+
+# heartbeats that stay in flight on a frozen Redis, until one of the
+# workers has some
+$r->kill_stop;
+my (@pending, $busy);
+ok(wait_for(sub {
+    push @pending, $cr->send_request('POST', '/hb', body => '{"user_id":"c"}',
+        headers => ['Content-Type' => 'application/json']);
+    my $s = cstatus() or return 0;
+    ($busy) = grep { $_->{redis_in_flight} > 0 } @{ $s->{workers} };
+    $busy;
+}, 5, 0.05), 'crash: a worker has commands in flight')
+    or diag explain cstatus();
+
+my $dead = $busy->{pid};
+my ($live) = grep { $_ != $dead } $cr->worker_pids;
+
+kill 'STOP', $cr->pid;
+kill 'KILL', $dead;
+ok(wait_for(sub { slurp("/proc/$dead/stat") =~ /\)\s+Z/ }, 5),
+   'crash: the killed worker is a zombie, its pid taken');
+
+my $z = cstatus();
+is_deeply([map { $_->{pid} } @{ $z->{workers} }], [$live],
+          'crash: only the live worker is listed') or diag explain $z;
+my ($lw) = grep { $_->{pid} == $live } @{ $z->{workers} };
+is($z->{redis_in_flight}, $lw && $lw->{redis_in_flight},
+   'crash: in flight is the live worker\'s only');
+
+kill 'CONT', $cr->pid;
+ok(wait_for(sub {
+    my @w = $cr->worker_pids;
+    @w == 2 && !grep { $_ == $dead } @w;
+}, 5), 'crash: the master starts a new worker');
+
+$r->cont;
+ok(wait_for(sub {
+    my $s = cstatus();
+    $s && $s->{redis_in_flight} == 0
+       && @{ $s->{workers} } == 2
+       && join(',', sort map { $_->{pid} } @{ $s->{workers} })
+          eq join(',', sort $cr->worker_pids);
+}, 5), 'crash: the live workers listed, nothing left in flight')
+    or diag explain cstatus(), [$cr->worker_pids];
+$_->finish(5) for @pending;
+
+# the crash itself is the one alert expected
+$cr->stop;
+my @bad = grep { /\[(?:alert|crit|emerg)\]|Sanitizer|runtime error/
+                 && !/worker process $dead exited on signal 9/ }
+          split /\n/, slurp($cr->error_log) . slurp($cr->stderr_log);
+ok(!@bad, 'crash: nothing else in the log') or diag join "\n", @bad;
 
 done_testing;
