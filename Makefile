@@ -27,9 +27,7 @@ CC_OPT     ?= -O2 -g
 LD_OPT     ?=
 
 MODULE     := $(BUILD)/ngx_http_presence_module.so
-SOURCES    := config ngx_http_presence_module.c ngx_presence_redis.c \
-              ngx_presence.h ngx_http_presence_input.c \
-              ngx_http_presence_input.h
+SOURCES    := config $(wildcard ngx_*.c ngx_*.h)
 PROVE_ARGS ?=
 
 .PHONY: all deps run test test-asan fuzz bench clean

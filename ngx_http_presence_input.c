@@ -254,62 +254,6 @@ ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max)
 
 
 /*
- * If-None-Match: "*" or a list of entity tags; the comparison is weak
- * (RFC 9110, 13.1.2), so W/"x" matches "x".  etag includes its quotes.
- */
-
-ngx_int_t
-ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag)
-{
-    u_char  *p, *end, *start;
-
-    p = header->data;
-    end = p + header->len;
-
-    for ( ;; ) {
-
-        while (p < end && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        if (p == end) {
-            return 0;
-        }
-
-        if (*p == '*') {
-            return 1;
-        }
-
-        if (end - p >= 2 && p[0] == 'W' && p[1] == '/') {
-            p += 2;
-        }
-
-        if (p == end || *p != '"') {
-            return 0;
-        }
-
-        start = p++;
-
-        while (p < end && *p != '"') {
-            p++;
-        }
-
-        if (p == end) {
-            return 0;
-        }
-
-        p++;
-
-        if ((size_t) (p - start) == etag->len
-            && ngx_memcmp(start, etag->data, etag->len) == 0)
-        {
-            return 1;
-        }
-    }
-}
-
-
-/*
  * One Accept header line (RFC 9110, 12.5.1), added to what earlier lines
  * gave: a list of media ranges with parameters and a weight.  A range that
  * is not well formed, or whose weight is, counts for nothing; the commas

@@ -59,7 +59,6 @@ ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
     ngx_str_t *user);
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
 ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
-ngx_int_t ngx_http_presence_etag_match(ngx_str_t *header, ngx_str_t *etag);
 void ngx_http_presence_accept(ngx_http_presence_accept_t *accept,
     ngx_str_t *value);
 ngx_int_t ngx_http_presence_accept_text(ngx_http_presence_accept_t *accept);

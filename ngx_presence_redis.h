@@ -1,0 +1,212 @@
+
+/*
+ * ngx_http_presence_module, the Redis side: what the HTTP side asks of
+ * Redis (the data model's operations, answered by callback), and what the
+ * files of this side share.  Nothing here knows of HTTP requests.
+ */
+
+
+#ifndef _NGX_PRESENCE_REDIS_H_INCLUDED_
+#define _NGX_PRESENCE_REDIS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <ngx_event.h>
+
+
+/* the operations of the data model, one Lua script each */
+#define NGX_PRESENCE_HEARTBEAT     0
+#define NGX_PRESENCE_LEAVE         1
+#define NGX_PRESENCE_ONLINE        2
+#define NGX_PRESENCE_LOOKUP        3
+#define NGX_PRESENCE_NSCRIPTS      4
+
+/* at most this many arguments after the key */
+#define NGX_PRESENCE_MAX_ARGS      2
+
+
+typedef struct ngx_presence_cmd_s    ngx_presence_cmd_t;
+typedef struct ngx_presence_conn_s   ngx_presence_conn_t;
+typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
+
+/*
+ * Called once per command that was accepted: with the reply, or with NULL
+ * when the connection failed or refused the command before a reply came.
+ * Never called for a command that was detached.  The reply is freed when
+ * the handler returns.
+ */
+typedef void (*ngx_presence_reply_pt)(void *data, redisReply *reply);
+
+
+typedef struct {
+    ngx_str_t                  name;      /* as written, for the logs */
+    ngx_str_t                  host;      /* numeric, null-terminated */
+    ngx_str_t                  path;      /* unix socket, null-terminated */
+    ngx_int_t                  port;
+    ngx_str_t                  password;
+    ngx_int_t                  db;
+    ngx_msec_t                 timeout;
+} ngx_presence_redis_conf_t;
+
+
+/*
+ * What the Redis side counts for presence_status: counters of all workers
+ * and this worker's slot, both in the status zone of the HTTP side.
+ */
+
+typedef struct {
+    ngx_atomic_t               heartbeats;
+    ngx_atomic_t               leaves;
+    ngx_atomic_t               listings;
+    ngx_atomic_t               client_errors;
+    ngx_atomic_t               redis_unavailable;
+    ngx_atomic_t               redis_timeouts;
+    ngx_atomic_t               redis_reconnects;
+    ngx_atomic_t               redis_rtt_us_sum;
+    ngx_atomic_t               redis_rtt_count;
+} ngx_presence_counters_t;
+
+
+/* one worker's Redis connection; only that worker writes its slot */
+
+typedef struct {
+    ngx_atomic_t               pid;
+    /* when the worker's process started, to tell a recycled pid */
+    ngx_atomic_t               start;
+    ngx_atomic_t               in_flight;
+    ngx_atomic_t               reconnects;
+    ngx_atomic_t               connected;
+} ngx_presence_worker_t;
+
+
+char *ngx_presence_redis_parse_address(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *value);
+
+ngx_presence_redis_t *ngx_presence_redis_create(ngx_cycle_t *cycle,
+    ngx_presence_redis_conf_t *rcf, ngx_presence_counters_t *counters,
+    ngx_presence_worker_t *worker);
+void ngx_presence_redis_destroy(ngx_presence_redis_t *rds);
+
+ngx_presence_cmd_t *ngx_presence_redis_eval(ngx_presence_redis_t *rds,
+    ngx_uint_t script, ngx_str_t *key, ngx_str_t *args, ngx_uint_t nargs,
+    ngx_presence_reply_pt handler, void *data, ngx_log_t *log);
+ngx_presence_cmd_t *ngx_presence_redis_online(ngx_presence_redis_t *rds,
+    ngx_str_t *key, ngx_uint_t limit, ngx_presence_reply_pt handler,
+    void *data, ngx_log_t *log);
+void ngx_presence_redis_detach(ngx_presence_cmd_t *cmd);
+void ngx_presence_redis_timed_out(ngx_presence_cmd_t *cmd);
+void ngx_presence_redis_unexpected(ngx_presence_redis_t *rds,
+    redisReply *reply);
+
+
+/*
+ * Inside the Redis side: a command, a connection and a worker's context.
+ * ngx_presence_redis.c has the scripts and the commands,
+ * ngx_presence_redis_conn.c the life of a connection,
+ * ngx_presence_redis_adapter.c its events, ngx_presence_redis_reply.c
+ * the replies.
+ */
+
+#define NGX_PRESENCE_DOWN          0
+#define NGX_PRESENCE_CONNECTING    1
+#define NGX_PRESENCE_READY         2
+/* connected, the script cache of Redis is being filled again */
+#define NGX_PRESENCE_LOADING       3
+
+/* a connection whose commands time out this many times in a row is stuck */
+#define NGX_PRESENCE_MAX_TIMEOUTS  3
+
+
+struct ngx_presence_cmd_s {
+    ngx_presence_conn_t           *conn;
+    ngx_presence_reply_pt          handler;
+    void                          *data;
+    ngx_log_t                     *log;
+    struct timespec                start;
+    ngx_uint_t                     script;
+    int                            argc;
+
+    /* in conn->waiting or conn->retry: not on the wire */
+    ngx_queue_t                    queue;
+
+    unsigned                       queued:1;
+    unsigned                       retried:1;
+
+    const char                    *argv[4 + NGX_PRESENCE_MAX_ARGS];
+    size_t                         argvlen[4 + NGX_PRESENCE_MAX_ARGS];
+
+    /* a listing: ZREVRANGE <key> 0 <limit - 1>, none when the limit is 0 */
+    ngx_uint_t                     limit;
+    u_char                         stop[NGX_INT_T_LEN];
+    size_t                         stop_len;
+};
+
+
+struct ngx_presence_conn_s {
+    redisAsyncContext             *ac;
+    ngx_presence_redis_t          *redis;
+
+    /* reconnect after a backoff, or give up on a slow handshake */
+    ngx_event_t                    timer;
+    /* posted: drop a connection that stopped answering */
+    ngx_event_t                    drop;
+
+    /*
+     * Commands that wait for the handshake or a reload of the scripts:
+     * none is written before the connection is known to be good.
+     */
+    ngx_queue_t                    waiting;
+    /* refused with NOSCRIPT, sent again in order once the scripts are in */
+    ngx_queue_t                    retry;
+
+    ngx_msec_t                     backoff;
+    ngx_uint_t                     state;
+    ngx_uint_t                     handshake;
+    ngx_uint_t                     timeouts;
+    ngx_uint_t                     connects;
+    ngx_uint_t                     failures;
+
+    unsigned                       unexpected:1;
+    /* a transaction was left open: nothing more may go on this connection */
+    unsigned                       broken:1;
+};
+
+
+struct ngx_presence_redis_s {
+    ngx_presence_redis_conf_t     *conf;
+    ngx_log_t                     *log;
+    ngx_presence_counters_t       *counters;
+    ngx_presence_worker_t         *worker;
+
+    /* the one data connection; a cluster would add one per master */
+    ngx_presence_conn_t            data;
+
+    unsigned                       exiting:1;
+};
+
+
+/* ngx_presence_redis_conn.c */
+void ngx_presence_redis_conn_init(ngx_presence_conn_t *conn,
+    ngx_presence_redis_t *rds, ngx_log_t *log);
+void ngx_presence_redis_connect(ngx_presence_conn_t *conn);
+void ngx_presence_redis_conn_close(ngx_presence_conn_t *conn);
+void ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+void ngx_presence_redis_closed(redisAsyncContext *ac);
+
+/* ngx_presence_redis.c */
+void ngx_presence_redis_load_scripts(ngx_presence_conn_t *conn);
+void ngx_presence_redis_flush(ngx_presence_conn_t *conn);
+void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
+
+/* ngx_presence_redis_adapter.c */
+ngx_int_t ngx_presence_redis_attach(redisAsyncContext *ac, ngx_log_t *log);
+
+/* ngx_presence_redis_reply.c */
+extern redisReplyObjectFunctions  ngx_presence_reply_functions;
+
+
+#endif /* _NGX_PRESENCE_REDIS_H_INCLUDED_ */
