@@ -85,15 +85,23 @@
     } catch (e) { /* not JSON */ }
     return {
       status: xhr.status,
+      // 503/504, any other 5xx, or no answer at all: the service is in
+      // trouble, not the person's input
+      outage: xhr.status === 0 || xhr.status >= 500,
       code: body && typeof body.error === 'string' ? body.error : null,
       message: body && typeof body.message === 'string' ? body.message : null
     };
   }
 
-  // 503/504, any other 5xx, or no answer at all: the service is in trouble,
-  // not the person's input.
-  function isOutage(err) {
-    return err.status === 0 || err.status >= 500;
+  // What every failed request does: an outage puts up the banner (whoever
+  // made the request keeps retrying on its own timer). Anything else is
+  // left to the caller, which gets the error back.
+  function failed(xhr) {
+    var err = errorOf(xhr);
+    if (err.outage) {
+      showOutage(err);
+    }
+    return err;
   }
 
   function showOutage(err) {
@@ -188,9 +196,8 @@
       if (seq !== state.hbSeq) {
         return;
       }
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
+      var err = failed(xhr);
+      if (err.outage) {
         if (state.online && !state.hbFailing) {
           state.hbFailing = true;
           render();
@@ -244,10 +251,7 @@
     post(API_LEAVE, name).done(function () {
       recovered();
     }).fail(function (xhr) {
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
-      }
+      failed(xhr);
     }).always(pollNow);
   }
 
@@ -296,12 +300,8 @@
       state.etag = xhr.getResponseHeader('ETag');
       showList(data);
     }).fail(function (xhr) {
-      if (seq !== state.pollSeq) {
-        return;
-      }
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
+      if (seq === state.pollSeq) {
+        failed(xhr);
       }
     }).always(function () {
       if (seq !== state.pollSeq) {
