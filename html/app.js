@@ -335,11 +335,14 @@
     var $avatar = $('<span class="avatar" aria-hidden="true"></span>')
       .text(initialOf(name))
       .append('<span class="status-dot"></span>');
-    $avatar[0].style.setProperty('--hue', hueOf(name));
+    // a string: jQuery before 3.4 added "px" to a number, custom property or not
+    $avatar.css('--hue', String(hueOf(name)));
     $li.append($avatar,
       $('<span class="user-name"></span>').text(name),
       $('<span class="you-tag">you</span>'));
-    $li[0].presenceUser = name;   // a property, so any string is safe as a key
+    // kept in jQuery's data store, not in an attribute: the id never
+    // reaches the markup
+    $li.data('user', name);
     return $li;
   }
 
@@ -352,22 +355,29 @@
     var rows = new Map();
 
     $users.children().each(function () {
-      if (wanted.has(this.presenceUser) && !rows.has(this.presenceUser)) {
-        rows.set(this.presenceUser, this);
+      var $row = $(this);
+      var name = $row.data('user');
+      if (wanted.has(name) && !rows.has(name)) {
+        rows.set(name, $row);
       } else {
-        $(this).remove();
+        $row.remove();
       }
     });
 
-    var list = $users[0];
-    users.forEach(function (name, i) {
-      var row = rows.get(name);
-      if (!row) {
-        row = userRow(name).addClass('is-new')[0];
+    // Rows 0..i-1 are in place: row i belongs right after row i-1 (first
+    // when i is 0). Only a row that is not there already is moved.
+    var $prev = $();
+    users.forEach(function (name) {
+      var $row = rows.get(name) || userRow(name).addClass('is-new');
+      var $at = $prev.length ? $prev.next() : $users.children().first();
+      if ($at[0] !== $row[0]) {
+        if ($prev.length) {
+          $prev.after($row);
+        } else {
+          $users.prepend($row);
+        }
       }
-      if (list.children[i] !== row) {
-        list.insertBefore(row, list.children[i] || null);
-      }
+      $prev = $row;
     });
 
     state.users = users;
@@ -392,12 +402,13 @@
   function markSelf() {
     var self = state.online ? state.name : null;
     $users.children().each(function () {
-      var mine = self !== null && this.presenceUser === self;
-      $(this).toggleClass('is-self', mine);
+      var $row = $(this);
+      var mine = self !== null && $row.data('user') === self;
+      $row.toggleClass('is-self', mine);
       if (mine) {
-        $(this).attr('aria-label', this.presenceUser + ' (you)');
+        $row.attr('aria-label', self + ' (you)');
       } else {
-        $(this).removeAttr('aria-label');
+        $row.removeAttr('aria-label');
       }
     });
   }
