@@ -12,7 +12,8 @@
   'use strict';
 
   if (!$) {
-    // nginx did not serve vendor/jquery.min.js: say so instead of a blank page
+    // nginx did not serve vendor/jquery.min.js: say so instead of a blank
+    // page. The one place with plain DOM calls, as jQuery is what is missing.
     var banner = document.getElementById('banner');
     document.getElementById('banner-detail').textContent =
       'vendor/jquery.min.js did not load; check the nginx location that serves it.';
@@ -370,7 +371,7 @@
     users.forEach(function (name) {
       var $row = rows.get(name) || userRow(name).addClass('is-new');
       var $at = $prev.length ? $prev.next() : $users.children().first();
-      if ($at[0] !== $row[0]) {
+      if (!$at.is($row)) {
         if ($prev.length) {
           $prev.after($row);
         } else {
@@ -478,12 +479,13 @@
       }
     });
 
-    window.addEventListener('pagehide', leaveOnExit);
+    $(window).on('pagehide', leaveOnExit);
 
     // Back from the back/forward cache: the leave went out on pagehide, so
-    // come back online and catch up with the list.
-    window.addEventListener('pageshow', function (e) {
-      if (e.persisted) {
+    // come back online and catch up with the list. (jQuery's event does not
+    // copy `persisted`: it is on the browser's own event.)
+    $(window).on('pageshow', function (e) {
+      if (e.originalEvent.persisted) {
         if (state.wanted) {
           state.online = false;
           state.hbSeq++;
@@ -494,7 +496,7 @@
     });
 
     // Back to a tab that sat in the background: catch up at once.
-    document.addEventListener('visibilitychange', function () {
+    $(document).on('visibilitychange', function () {
       if (document.visibilityState === 'visible') {
         pollNow();
       }
