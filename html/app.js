@@ -414,21 +414,25 @@
     });
   }
 
+  // What #me-text says in each state (#me's data-state): the name, where
+  // there is one, goes in as text between `before` and `after`.
+  var ME_TEXT = {
+    online:       { named: true,  before: 'You\'re online as ', after: '' },
+    reconnecting: { named: true,  before: 'Reconnecting as ',   after: '…' },
+    joining:      { named: true,  before: 'Going online as ',   after: '…' },
+    offline:      { named: false, before: 'You\'re offline.',   after: '' }
+  };
+
   function render() {
     var st = state.online ? (state.hbFailing ? 'reconnecting' : 'online')
       : state.wanted ? 'joining' : 'offline';
+    var say = ME_TEXT[st];
     $me.attr('data-state', st);
-    if (st === 'online') {
-      $meText.empty().append(document.createTextNode('You\'re online as '),
-        $('<strong></strong>').text(state.name));
-    } else if (st === 'reconnecting') {
-      $meText.empty().append(document.createTextNode('Reconnecting as '),
-        $('<strong></strong>').text(state.name), document.createTextNode('…'));
-    } else if (st === 'joining') {
-      $meText.empty().append(document.createTextNode('Going online as '),
-        $('<strong></strong>').text(state.name), document.createTextNode('…'));
-    } else {
-      $meText.text('You\'re offline.');
+    $meText.text(say.before);
+    if (say.named) {
+      // `after` is one of the constants above: jQuery appends a string with
+      // no markup in it as a text node (and an empty one not at all)
+      $meText.append($('<strong></strong>').text(state.name), say.after);
     }
     $name.prop('readOnly', state.wanted);
     $goOnline.prop('hidden', state.wanted);
