@@ -75,6 +75,22 @@
     }
   }
 
+  /* ---- replies, which may be anything at all ---- */
+
+  // The module answers objects of the shape above; a proxy, a cache or a
+  // half-written reply may hand over any JSON: null, an array, a string
+  // where a number belongs. Nothing read from a reply may throw.
+  function isObject(v) {
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+  }
+
+  // presence_ttl in seconds (a fraction when it is not whole seconds), or
+  // null when the reply has none that makes sense
+  function ttlOf(reply) {
+    var ttl = reply.ttl;
+    return typeof ttl === 'number' && isFinite(ttl) && ttl > 0 ? ttl : null;
+  }
+
   /* ---- errors ---- */
 
   // The module answers {"error": code, "message": sentence}; a proxy or a
@@ -171,14 +187,16 @@
       if (seq !== state.hbSeq) {
         return;
       }
+      var reply = isObject(data) ? data : {};
       recovered();
       // where nginx takes the identity from authentication
       // (presence_heartbeat $remote_user), the server's name is the one
-      if (data && typeof data.user_id === 'string' && data.user_id !== state.name) {
-        state.name = data.user_id;
+      if (typeof reply.user_id === 'string' && reply.user_id !== ''
+          && reply.user_id !== state.name) {
+        state.name = reply.user_id;
         render();
       }
-      state.ttl = Number(data && data.ttl) || state.ttl || 10;
+      state.ttl = ttlOf(reply) || state.ttl || 10;
       $ttl.text(state.ttl);
       if (!state.online) {
         state.online = true;
@@ -350,9 +368,21 @@
   // Updates the list in place: rows of people still online stay put, so
   // screen readers announce only who came and who left.
   function showList(data) {
-    var users = Array.isArray(data && data.users) ? data.users : [];
-    var count = data && typeof data.count === 'number' ? data.count : users.length;
-    var wanted = new Set(users);
+    var reply = isObject(data) ? data : {};
+    // Names are strings, each listed once: a row is found by its name, and
+    // the name goes through .trim() and .text().
+    var wanted = new Set();
+    var users = (Array.isArray(reply.users) ? reply.users : []).filter(function (name) {
+      if (typeof name !== 'string' || wanted.has(name)) {
+        return false;
+      }
+      wanted.add(name);
+      return true;
+    });
+    // the room's full count, which can be more than the names listed
+    var count = Number.isSafeInteger(reply.count) && reply.count >= 0
+      ? reply.count : users.length;
+    var ttl = ttlOf(reply);
     var rows = new Map();
 
     $users.children().each(function () {
@@ -389,11 +419,11 @@
     } else {
       $more.prop('hidden', true);
     }
-    if (typeof data.room === 'string') {
-      $room.text(data.room);
+    if (typeof reply.room === 'string') {
+      $room.text(reply.room);
     }
-    if (data.ttl) {
-      $ttl.text(data.ttl);
+    if (ttl) {
+      $ttl.text(ttl);
     }
     document.title = count > 0 ? 'Who\'s online (' + count + ')' : 'Who\'s online';
     markSelf();
