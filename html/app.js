@@ -1,7 +1,7 @@
 /*
  * Who's online: the page ngx_http_presence_module serves.
  *
- * Talks to three locations, relative to this page (DESIGN.md §3):
+ * Talks to three locations, relative to this page (README: HTTP API):
  *   POST api/heartbeat {"user_id": name} -> {"user_id","room","ttl","online"}
  *   POST api/leave     {"user_id": name} -> {"user_id","room","online"}
  *   GET  api/online (If-None-Match)      -> {"room","ttl","count","users"} or 304
