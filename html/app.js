@@ -1,7 +1,7 @@
 /*
  * Who's online: the page ngx_http_presence_module serves.
  *
- * Talks to three locations, relative to this page (DESIGN.md §3):
+ * Talks to three locations, relative to this page (README: HTTP API):
  *   POST api/heartbeat {"user_id": name} -> {"user_id","room","ttl","online"}
  *   POST api/leave     {"user_id": name} -> {"user_id","room","online"}
  *   GET  api/online (If-None-Match)      -> {"room","ttl","count","users"} or 304
@@ -12,7 +12,8 @@
   'use strict';
 
   if (!$) {
-    // nginx did not serve vendor/jquery.min.js: say so instead of a blank page
+    // nginx did not serve vendor/jquery.min.js: say so instead of a blank
+    // page. The one place with plain DOM calls, as jQuery is what is missing.
     var banner = document.getElementById('banner');
     document.getElementById('banner-detail').textContent =
       'vendor/jquery.min.js did not load; check the nginx location that serves it.';
@@ -74,6 +75,22 @@
     }
   }
 
+  /* ---- replies, which may be anything at all ---- */
+
+  // The module answers objects of the shape above; a proxy, a cache or a
+  // half-written reply may hand over any JSON: null, an array, a string
+  // where a number belongs. Nothing read from a reply may throw.
+  function isObject(v) {
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+  }
+
+  // presence_ttl in seconds (a fraction when it is not whole seconds), or
+  // null when the reply has none that makes sense
+  function ttlOf(reply) {
+    var ttl = reply.ttl;
+    return typeof ttl === 'number' && isFinite(ttl) && ttl > 0 ? ttl : null;
+  }
+
   /* ---- errors ---- */
 
   // The module answers {"error": code, "message": sentence}; a proxy or a
@@ -85,15 +102,23 @@
     } catch (e) { /* not JSON */ }
     return {
       status: xhr.status,
+      // 503/504, any other 5xx, or no answer at all: the service is in
+      // trouble, not the person's input
+      outage: xhr.status === 0 || xhr.status >= 500,
       code: body && typeof body.error === 'string' ? body.error : null,
       message: body && typeof body.message === 'string' ? body.message : null
     };
   }
 
-  // 503/504, any other 5xx, or no answer at all: the service is in trouble,
-  // not the person's input.
-  function isOutage(err) {
-    return err.status === 0 || err.status >= 500;
+  // What every failed request does: an outage puts up the banner (whoever
+  // made the request keeps retrying on its own timer). Anything else is
+  // left to the caller, which gets the error back.
+  function failed(xhr) {
+    var err = errorOf(xhr);
+    if (err.outage) {
+      showOutage(err);
+    }
+    return err;
   }
 
   function showOutage(err) {
@@ -162,14 +187,16 @@
       if (seq !== state.hbSeq) {
         return;
       }
+      var reply = isObject(data) ? data : {};
       recovered();
       // where nginx takes the identity from authentication
       // (presence_heartbeat $remote_user), the server's name is the one
-      if (data && typeof data.user_id === 'string' && data.user_id !== state.name) {
-        state.name = data.user_id;
+      if (typeof reply.user_id === 'string' && reply.user_id !== ''
+          && reply.user_id !== state.name) {
+        state.name = reply.user_id;
         render();
       }
-      state.ttl = Number(data && data.ttl) || state.ttl || 10;
+      state.ttl = ttlOf(reply) || state.ttl || 10;
       $ttl.text(state.ttl);
       if (!state.online) {
         state.online = true;
@@ -188,9 +215,8 @@
       if (seq !== state.hbSeq) {
         return;
       }
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
+      var err = failed(xhr);
+      if (err.outage) {
         if (state.online && !state.hbFailing) {
           state.hbFailing = true;
           render();
@@ -244,10 +270,7 @@
     post(API_LEAVE, name).done(function () {
       recovered();
     }).fail(function (xhr) {
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
-      }
+      failed(xhr);
     }).always(pollNow);
   }
 
@@ -296,12 +319,8 @@
       state.etag = xhr.getResponseHeader('ETag');
       showList(data);
     }).fail(function (xhr) {
-      if (seq !== state.pollSeq) {
-        return;
-      }
-      var err = errorOf(xhr);
-      if (isOutage(err)) {
-        showOutage(err);
+      if (seq === state.pollSeq) {
+        failed(xhr);
       }
     }).always(function () {
       if (seq !== state.pollSeq) {
@@ -335,39 +354,61 @@
     var $avatar = $('<span class="avatar" aria-hidden="true"></span>')
       .text(initialOf(name))
       .append('<span class="status-dot"></span>');
-    $avatar[0].style.setProperty('--hue', hueOf(name));
+    // a string: jQuery before 3.4 added "px" to a number, custom property or not
+    $avatar.css('--hue', String(hueOf(name)));
     $li.append($avatar,
       $('<span class="user-name"></span>').text(name),
       $('<span class="you-tag">you</span>'));
-    $li[0].presenceUser = name;   // a property, so any string is safe as a key
+    // kept in jQuery's data store, not in an attribute: the id never
+    // reaches the markup
+    $li.data('user', name);
     return $li;
   }
 
   // Updates the list in place: rows of people still online stay put, so
   // screen readers announce only who came and who left.
   function showList(data) {
-    var users = Array.isArray(data && data.users) ? data.users : [];
-    var count = data && typeof data.count === 'number' ? data.count : users.length;
-    var wanted = new Set(users);
+    var reply = isObject(data) ? data : {};
+    // Names are strings, each listed once: a row is found by its name, and
+    // the name goes through .trim() and .text().
+    var wanted = new Set();
+    var users = (Array.isArray(reply.users) ? reply.users : []).filter(function (name) {
+      if (typeof name !== 'string' || wanted.has(name)) {
+        return false;
+      }
+      wanted.add(name);
+      return true;
+    });
+    // the room's full count, which can be more than the names listed
+    var count = Number.isSafeInteger(reply.count) && reply.count >= 0
+      ? reply.count : users.length;
+    var ttl = ttlOf(reply);
     var rows = new Map();
 
     $users.children().each(function () {
-      if (wanted.has(this.presenceUser) && !rows.has(this.presenceUser)) {
-        rows.set(this.presenceUser, this);
+      var $row = $(this);
+      var name = $row.data('user');
+      if (wanted.has(name) && !rows.has(name)) {
+        rows.set(name, $row);
       } else {
-        $(this).remove();
+        $row.remove();
       }
     });
 
-    var list = $users[0];
-    users.forEach(function (name, i) {
-      var row = rows.get(name);
-      if (!row) {
-        row = userRow(name).addClass('is-new')[0];
+    // Rows 0..i-1 are in place: row i belongs right after row i-1 (first
+    // when i is 0). Only a row that is not there already is moved.
+    var $prev = $();
+    users.forEach(function (name) {
+      var $row = rows.get(name) || userRow(name).addClass('is-new');
+      var $at = $prev.length ? $prev.next() : $users.children().first();
+      if (!$at.is($row)) {
+        if ($prev.length) {
+          $prev.after($row);
+        } else {
+          $users.prepend($row);
+        }
       }
-      if (list.children[i] !== row) {
-        list.insertBefore(row, list.children[i] || null);
-      }
+      $prev = $row;
     });
 
     state.users = users;
@@ -378,11 +419,11 @@
     } else {
       $more.prop('hidden', true);
     }
-    if (typeof data.room === 'string') {
-      $room.text(data.room);
+    if (typeof reply.room === 'string') {
+      $room.text(reply.room);
     }
-    if (data.ttl) {
-      $ttl.text(data.ttl);
+    if (ttl) {
+      $ttl.text(ttl);
     }
     document.title = count > 0 ? 'Who\'s online (' + count + ')' : 'Who\'s online';
     markSelf();
@@ -392,31 +433,36 @@
   function markSelf() {
     var self = state.online ? state.name : null;
     $users.children().each(function () {
-      var mine = self !== null && this.presenceUser === self;
-      $(this).toggleClass('is-self', mine);
+      var $row = $(this);
+      var mine = self !== null && $row.data('user') === self;
+      $row.toggleClass('is-self', mine);
       if (mine) {
-        $(this).attr('aria-label', this.presenceUser + ' (you)');
+        $row.attr('aria-label', self + ' (you)');
       } else {
-        $(this).removeAttr('aria-label');
+        $row.removeAttr('aria-label');
       }
     });
   }
 
+  // What #me-text says in each state (#me's data-state): the name, where
+  // there is one, goes in as text between `before` and `after`.
+  var ME_TEXT = {
+    online:       { named: true,  before: 'You\'re online as ', after: '' },
+    reconnecting: { named: true,  before: 'Reconnecting as ',   after: '…' },
+    joining:      { named: true,  before: 'Going online as ',   after: '…' },
+    offline:      { named: false, before: 'You\'re offline.',   after: '' }
+  };
+
   function render() {
     var st = state.online ? (state.hbFailing ? 'reconnecting' : 'online')
       : state.wanted ? 'joining' : 'offline';
+    var say = ME_TEXT[st];
     $me.attr('data-state', st);
-    if (st === 'online') {
-      $meText.empty().append(document.createTextNode('You\'re online as '),
-        $('<strong></strong>').text(state.name));
-    } else if (st === 'reconnecting') {
-      $meText.empty().append(document.createTextNode('Reconnecting as '),
-        $('<strong></strong>').text(state.name), document.createTextNode('…'));
-    } else if (st === 'joining') {
-      $meText.empty().append(document.createTextNode('Going online as '),
-        $('<strong></strong>').text(state.name), document.createTextNode('…'));
-    } else {
-      $meText.text('You\'re offline.');
+    $meText.text(say.before);
+    if (say.named) {
+      // `after` is one of the constants above: jQuery appends a string with
+      // no markup in it as a text node (and an empty one not at all)
+      $meText.append($('<strong></strong>').text(state.name), say.after);
     }
     $name.prop('readOnly', state.wanted);
     $goOnline.prop('hidden', state.wanted);
@@ -467,12 +513,13 @@
       }
     });
 
-    window.addEventListener('pagehide', leaveOnExit);
+    $(window).on('pagehide', leaveOnExit);
 
     // Back from the back/forward cache: the leave went out on pagehide, so
-    // come back online and catch up with the list.
-    window.addEventListener('pageshow', function (e) {
-      if (e.persisted) {
+    // come back online and catch up with the list. (jQuery's event does not
+    // copy `persisted`: it is on the browser's own event.)
+    $(window).on('pageshow', function (e) {
+      if (e.originalEvent.persisted) {
         if (state.wanted) {
           state.online = false;
           state.hbSeq++;
@@ -483,7 +530,7 @@
     });
 
     // Back to a tab that sat in the background: catch up at once.
-    document.addEventListener('visibilitychange', function () {
+    $(document).on('visibilitychange', function () {
       if (document.visibilityState === 'visible') {
         pollNow();
       }

@@ -277,6 +277,49 @@ test('a name the server refuses shows its message by the name box', { timeout: 2
   await mallory.context.close();
 });
 
+test('a malformed listing neither throws nor stops the polling', { timeout: 30000 }, async () => {
+  // What a broken proxy or a half-written reply could hand the page, each
+  // a 200 answer; the last is served until the page has shown it.
+  const bodies = [
+    'null',
+    'this is not JSON',
+    '{"users":"Ada Lovelace","count":"2","ttl":"soon"}',
+    '{"users":[1,null,{},["x"],"Alan Turing","Alan Turing"],"count":1e999,"ttl":-1,"room":5}',
+  ];
+  const p = await open();
+  const { page } = p;
+  const ttl = await page.textContent('#ttl');
+  let served = 0;
+  let release = false;
+  await page.route('**/api/online', (route) => {
+    if (release) {
+      return route.fallback();
+    }
+    const body = bodies[Math.min(served++, bodies.length - 1)];
+    return route.fulfill({ status: 200, contentType: 'application/json', body });
+  });
+
+  // every poll goes on after a bad one, so the last body shows up, as well
+  // as it can: the strings once each, the count and TTL left sane
+  await until(page, () => {
+    const names = Array.from(document.querySelectorAll('#users .user-name'),
+      (e) => e.textContent);
+    return names.length === 1 && names[0] === 'Alan Turing'
+      && document.getElementById('count').textContent === '1';
+  }, null, bodies.length * POLL_MS + 5000, 'the last malformed listing shown');
+  assert.ok(served >= bodies.length, `all ${bodies.length} bodies served (${served})`);
+  assert.equal(await page.textContent('#ttl'), ttl, 'TTL kept');
+  assert.equal(await page.textContent('#room'), 'global', 'room kept');
+  assert.equal(await page.isVisible('#more'), false, 'no "and N more"');
+  assert.equal(await page.isVisible('#banner'), false, 'a 200 is no outage');
+  assert.deepEqual(p.errors, [], 'no script error');
+
+  release = true;
+  await until(page, shows, ADA, POLL_MS + SLACK_MS + 1000, 'the real listing after the bad ones');
+  assert.deepEqual(p.errors, [], 'no script error');
+  await p.context.close();
+});
+
 test('Redis down shows a banner; Redis back clears it without a reload', { timeout: 60000 }, async (t) => {
   const stop = process.env.PRESENCE_REDIS_STOP;
   const start = process.env.PRESENCE_REDIS_START;
