@@ -34,6 +34,7 @@ typedef struct {
 #define NGX_PRESENCE_REPLY_INLINE  256
 #define NGX_PRESENCE_BLOCK_SIZE    (64 * 1024)
 
+
 static redisReply *ngx_presence_reply_object(const redisReadTask *task,
     size_t extra, u_char **p);
 static void *ngx_presence_reply_string(const redisReadTask *task, char *str,
