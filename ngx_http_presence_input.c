@@ -27,8 +27,7 @@ static u_char *ngx_http_presence_quoted(u_char *p, u_char *end);
 
 
 /*
- * A user id or a room: 1..max bytes of UTF-8 (RFC 3629: no overlong
- * forms, no surrogates, nothing above U+10FFFF) without C0 or C1 control
+ * A user id or a room: 1..max bytes of UTF-8 without C0 or C1 control
  * characters or DEL.
  */
 
@@ -36,8 +35,7 @@ ngx_int_t
 ngx_http_presence_valid_id(u_char *p, size_t len, size_t max)
 {
     u_char    *end;
-    size_t     n, i;
-    uint32_t   u, min;
+    uint32_t   u;
 
     if (len == 0 || len > max) {
         return 0;
@@ -46,61 +44,80 @@ ngx_http_presence_valid_id(u_char *p, size_t len, size_t max)
     end = p + len;
 
     while (p < end) {
+        u = ngx_http_presence_utf8_decode(&p, end);
 
-        u = *p++;
-
-        if (u < 0x80) {
-            if (u < 0x20 || u == 0x7f) {
-                return 0;
-            }
-
-            continue;
-        }
-
-        if (u >= 0xc2 && u <= 0xdf) {
-            n = 1;
-            u &= 0x1f;
-            min = 0x80;
-
-        } else if (u >= 0xe0 && u <= 0xef) {
-            n = 2;
-            u &= 0x0f;
-            min = 0x800;
-
-        } else if (u >= 0xf0 && u <= 0xf4) {
-            n = 3;
-            u &= 0x07;
-            min = 0x10000;
-
-        } else {
-            /* a continuation byte first, 0xc0, 0xc1 or 0xf5 and above */
-            return 0;
-        }
-
-        if ((size_t) (end - p) < n) {
-            return 0;
-        }
-
-        for (i = 0; i < n; i++) {
-            if ((p[i] & 0xc0) != 0x80) {
-                return 0;
-            }
-
-            u = (u << 6) | (p[i] & 0x3f);
-        }
-
-        p += n;
-
-        if (u < min
-            || u > 0x10ffff
-            || (u >= 0xd800 && u <= 0xdfff)
-            || (u >= 0x80 && u <= 0x9f))
+        if (u == NGX_HTTP_PRESENCE_UTF8_INVALID
+            || u < 0x20
+            || (u >= 0x7f && u <= 0x9f))
         {
             return 0;
         }
     }
 
     return 1;
+}
+
+
+/*
+ * One character of UTF-8 as RFC 3629 has it (no overlong forms, no
+ * surrogates, nothing above U+10FFFF), and *p moved past it; or
+ * NGX_HTTP_PRESENCE_UTF8_INVALID.  p < end.
+ */
+
+uint32_t
+ngx_http_presence_utf8_decode(u_char **p, u_char *end)
+{
+    u_char    *s;
+    size_t     n, i;
+    uint32_t   u, min;
+
+    s = *p;
+    u = *s++;
+
+    if (u < 0x80) {
+        *p = s;
+        return u;
+    }
+
+    if (u >= 0xc2 && u <= 0xdf) {
+        n = 1;
+        u &= 0x1f;
+        min = 0x80;
+
+    } else if (u >= 0xe0 && u <= 0xef) {
+        n = 2;
+        u &= 0x0f;
+        min = 0x800;
+
+    } else if (u >= 0xf0 && u <= 0xf4) {
+        n = 3;
+        u &= 0x07;
+        min = 0x10000;
+
+    } else {
+        /* a continuation byte first, 0xc0, 0xc1 or 0xf5 and above */
+        return NGX_HTTP_PRESENCE_UTF8_INVALID;
+    }
+
+    if ((size_t) (end - s) < n) {
+        return NGX_HTTP_PRESENCE_UTF8_INVALID;
+    }
+
+    for (i = 0; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return NGX_HTTP_PRESENCE_UTF8_INVALID;
+        }
+
+        u = (u << 6) | (s[i] & 0x3f);
+    }
+
+    if (u < min || u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+        return NGX_HTTP_PRESENCE_UTF8_INVALID;
+    }
+
+    *p = s + n;
+
+    return u;
 }
 
 
@@ -137,6 +154,16 @@ ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
      */
 
     flags = JSON_REJECT_DUPLICATES|JSON_ALLOW_NUL|JSON_DECODE_INT_AS_REAL;
+
+    /*
+     * A raw NUL byte is never JSON: a control character in a string, no
+     * token outside one.  jansson 2.14 refuses most, but skips one that
+     * follows a number or a literal ("[1<NUL>]"), so it is refused here.
+     */
+
+    if (ngx_strlchr(p, p + len, '\0') != NULL) {
+        return NGX_HTTP_PRESENCE_ERR_JSON;
+    }
 
     json = json_loadb((char *) p, len, flags, &err);
 

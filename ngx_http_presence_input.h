@@ -37,6 +37,10 @@ typedef enum {
 } ngx_http_presence_err_e;
 
 
+/* what ngx_http_presence_utf8_decode() returns for a broken character */
+#define NGX_HTTP_PRESENCE_UTF8_INVALID  0xffffffff
+
+
 /*
  * What the Accept header lines make of the two formats of presence_status:
  * for each, the weight (in thousandths) of the most specific media range
@@ -55,6 +59,7 @@ typedef struct {
 
 
 ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
+uint32_t ngx_http_presence_utf8_decode(u_char **p, u_char *end);
 ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
     ngx_str_t *user);
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);

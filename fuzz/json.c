@@ -88,56 +88,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 
 /*
- * UTF-8 as RFC 3629 has it, control characters and all: the rule for the
- * whole body, where ngx_http_presence_valid_id() is stricter
+ * UTF-8 throughout, control characters and all: the rule for the whole
+ * body, by the decoder that ngx_http_presence_valid_id() uses for ids
  */
 
 static int
 fuzz_utf8(const u_char *p, size_t len)
 {
-    size_t    n, i;
-    uint32_t  u, min;
+    u_char  *q, *end;
 
-    for (i = 0; i < len; /* void */) {
+    q = (u_char *) p;
+    end = q + len;
 
-        u = p[i++];
-
-        if (u < 0x80) {
-            continue;
-        }
-
-        if (u >= 0xc2 && u <= 0xdf) {
-            n = 1;
-            u &= 0x1f;
-            min = 0x80;
-
-        } else if (u >= 0xe0 && u <= 0xef) {
-            n = 2;
-            u &= 0x0f;
-            min = 0x800;
-
-        } else if (u >= 0xf0 && u <= 0xf4) {
-            n = 3;
-            u &= 0x07;
-            min = 0x10000;
-
-        } else {
-            return 0;
-        }
-
-        if (len - i < n) {
-            return 0;
-        }
-
-        while (n--) {
-            if ((p[i] & 0xc0) != 0x80) {
-                return 0;
-            }
-
-            u = (u << 6) | (p[i++] & 0x3f);
-        }
-
-        if (u < min || u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+    while (q < end) {
+        if (ngx_http_presence_utf8_decode(&q, end)
+            == NGX_HTTP_PRESENCE_UTF8_INVALID)
+        {
             return 0;
         }
     }

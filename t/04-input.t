@@ -224,6 +224,16 @@ rejects('invalid UTF-8 after the object', 400, 'invalid_json',
         sub { post('/hb', qq({"user_id":"bob"}\xff)) });
 rejects('NUL byte after the object', 400, 'invalid_json',
         sub { post('/hb', qq({"user_id":"bob"}\x00)) });
+# jansson skips a raw NUL right after a number or a literal: the module
+# refuses any raw NUL itself
+for my $c (['1', 'a number'], ['null', 'null'], ['true', 'true'])
+{
+    rejects("raw NUL byte after $c->[1] in another field", 400,
+            'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","n":[$c->[0]\x00,2]})) });
+    rejects("raw NUL byte after $c->[1] before the end", 400, 'invalid_json',
+            sub { post('/hb', qq({"user_id":"bob","n":$c->[0]\x00})) });
+}
 rejects('byte order mark', 400, 'invalid_json',
         sub { post('/hb', qq(\xef\xbb\xbf{"user_id":"bob"})) });
 rejects('a lone surrogate escape in another field', 400, 'invalid_json',
