@@ -255,8 +255,7 @@ sub write {
     my $commit = capture('git', '-C', $top, 'rev-parse', '--short', 'HEAD')
         =~ s/\s+$//r;
     my $dirty = capture('git', '-C', $top, 'status', '--porcelain', '--',
-                        grep { -e "$top/$_" } qw(config ngx_http_presence_module.c
-                        ngx_presence_redis.c ngx_presence.h));
+                        'config', 'ngx_*.c', 'ngx_*.h');
     $commit .= ' + uncommitted changes' if $dirty =~ /\S/;
     my @envs = grep { defined $ENV{$_} } qw(QUICK DURATION WARMUP ROUNDS ONLY
         SCALE SERVER_CPU CLIENT_CPU PYTHON);
