@@ -2,7 +2,7 @@
 
 The original model: one key per user, `SET presence:user:<id> 1 EX <ttl>`
 per heartbeat; the listing SCANs the keyspace and sorts.  Same HTTP API and
-JSON shapes as the module (DESIGN.md section 3), room fixed to "global".
+JSON shapes as the module (README.md, "HTTP API"), room fixed to "global".
 
 The heartbeat's "online" count is DBSIZE, pipelined with the SET in one
 round trip: generous to this peer (each peer has a Redis of its own, so

@@ -1,6 +1,6 @@
 -- The do-it-yourself nginx peer: lua-nginx-module + lua-resty-redis
 -- (Debian's libnginx-mod-http-lua and lua-nginx-redis, loaded as
--- "nginx.redis"), with the module's data model (DESIGN.md section 4): one
+-- "nginx.redis"), with the module's data model (ngx_presence_redis.c): one
 -- sorted set per room, scores in ms by Redis's clock, one script per
 -- operation called with EVALSHA (EVAL on NOSCRIPT), connections kept in
 -- the cosocket keepalive pool.  Same HTTP API and JSON shapes as the module

@@ -505,6 +505,32 @@ sub fake_redis  { Presence::Test::FakeRedis->new(@_) }
 
 sub _own { push @OWNED, $_[0]; $_[0] }
 
+# For bench/run, which keeps its servers' files under BENCH_DIR, writes
+# its own nginx.conf and also talks to a server that is not nginx.
+#
+# keep_dirs_in($dir): new_dir (so start_redis and start_nginx) makes its
+# directories under $dir from now on, and nothing removes them.
+# start_nginx_conf($text, %opt): start_nginx, but with $text as the whole
+# nginx.conf in place of the template (%%DIR%% and %%PORT%% substituted).
+# http_to($port): the request methods of start_nginx's object (get, post,
+# request) for any HTTP server on 127.0.0.1:$port.
+sub keep_dirs_in {
+    require File::Path;
+    File::Path::make_path($_[0]);
+    $BASE = $_[0];
+}
+
+sub start_nginx_conf {
+    my ($text, %o) = @_;
+    my $ng = start_nginx('', %o, no_start => 1);
+    $text =~ s/%%(DIR|PORT)%%/$1 eq 'DIR' ? $ng->dir : $ng->port/ge;
+    spew($ng->{conf}, $text);
+    $ng->start unless $o{no_start};
+    return $ng;
+}
+
+sub http_to { bless { port => $_[0] }, 'Presence::Test::Nginx' }
+
 ###########################################################################
 
 package Presence::Test::RespError;
