@@ -18,12 +18,15 @@ use Presence::Test;
 
 need_module();
 
-my $TIMEOUT = 0.5;
+# presence_redis_timeout, and the most a static request may take meanwhile
+# (a tenth of it: a worker blocked on Redis would take the whole timeout)
+my $TIMEOUT = scaled(0.5);
+my $FAST = scaled(0.05);
 
 my $r = start_redis();
-my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr },
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr, TIMEOUT => conf_time(0.5) },
 presence_redis %%REDIS%%;
-presence_redis_timeout 500ms;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -56,12 +59,12 @@ for (1 .. 5) {
 }
 ok(!$pending->ready, 'the heartbeat was still waiting meanwhile');
 my $max = (sort { $b <=> $a } @static)[0];
-ok($max < 0.05, 'static requests answered in under 50 ms')
+ok($max < $FAST, 'static requests answered in under ' . $FAST * 1000 . ' ms')
     or diag "slowest ${max}s";
 
 my $res = $pending->finish(5);
 api_error_ok($res, 504, 'redis_timeout', 'stalled redis: 504');
-ok($res->{elapsed} >= $TIMEOUT - 0.01 && $res->{elapsed} < $TIMEOUT + 0.4,
+ok($res->{elapsed} >= $TIMEOUT - 0.01 && $res->{elapsed} < $TIMEOUT + scaled(0.4),
    '  after about presence_redis_timeout') or diag "$res->{elapsed}s";
 
 ###########################################################################
@@ -71,11 +74,12 @@ my @p = map { $ng->send_raw($hb) } 1 .. 5;
 my $p_online = $ng->send_request('GET', '/online');
 @static = ();
 my $t0 = time;
-while (time - $t0 < $TIMEOUT + 0.2) {
+while (time - $t0 < $TIMEOUT + scaled(0.2)) {
     push @static, $ng->get('/static')->{elapsed};
 }
 $max = (sort { $b <=> $a } @static)[0];
-ok($max < 0.05, scalar(@static) . ' static requests meanwhile, all under 50 ms')
+ok($max < $FAST, scalar(@static) . ' static requests meanwhile, all under '
+   . $FAST * 1000 . ' ms')
     or diag "slowest ${max}s";
 
 for my $x (@p, $p_online) {
@@ -83,7 +87,7 @@ for my $x (@p, $p_online) {
     ok($res && ($res->{status} == 504 || $res->{status} == 503),
        'concurrent request: 504 (or 503 once the connection is dropped)')
         or diag $res ? $res->{raw} : 'no answer';
-    ok($res && $res->{elapsed} < $TIMEOUT + 0.4, '  in bounded time')
+    ok($res && $res->{elapsed} < $TIMEOUT + scaled(0.4), '  in bounded time')
         or diag $res ? "$res->{elapsed}s" : '';
     api_error_ok($res, $res->{status},
                  $res->{status} == 504 ? 'redis_timeout' : 'redis_unavailable',
@@ -94,7 +98,8 @@ for my $x (@p, $p_online) {
 for (1 .. 3) {
     my $res = $ng->post('/hb', { user_id => 'later' });
     ok(($res->{status} == 504 || $res->{status} == 503)
-       && $res->{elapsed} < $TIMEOUT + 0.4, "request $_ still stalled: bounded")
+       && $res->{elapsed} < $TIMEOUT + scaled(0.4),
+       "request $_ still stalled: bounded")
         or diag "$res->{status} after $res->{elapsed}s";
 }
 

@@ -21,6 +21,8 @@ use Presence::Test;
 
 need_module();
 
+my $TIMEOUT = 0.3;      # presence_redis_timeout, unscaled
+
 my $TEMPLATE = <<'EOF';
 presence_redis %%REDIS%%;
 presence_redis_password pw;
@@ -39,7 +41,8 @@ EOF
 sub nginx_for {
     my ($fake, %o) = @_;
     return start_nginx($TEMPLATE, vars => { REDIS => $fake->addr,
-                                            TIMEOUT => $o{timeout} // '300ms' },
+                                            TIMEOUT => conf_time($o{timeout}
+                                                                 // $TIMEOUT) },
                        files => { static => 'static' });
 }
 
@@ -260,7 +263,7 @@ my $KEY = 'presence:{global}';
         $res = $ng->get('/online');
         is($res->{status}, 200, "big listing $try: 200");
         is($res->{json}{count}, 1000, '  count 1000');
-        # (a read that stalls after 16 KiB would end in 504 at 300 ms)
+        # (a read that stalls after 16 KiB would end in 504 at the timeout)
         is_deeply($res->{json}{users}, \@members, '  all 1000 members, sorted');
     }
 
@@ -307,7 +310,8 @@ my $KEY = 'presence:{global}';
 
     my $res = $ng->post('/hb', { user_id => 'b' });
     api_error_ok($res, 504, 'redis_timeout', 'second is held back: 504');
-    ok($res->{elapsed} >= 0.29 && $res->{elapsed} < 0.7,
+    ok($res->{elapsed} >= scaled($TIMEOUT) - 0.01
+       && $res->{elapsed} < scaled($TIMEOUT + 0.4),
        '  at about the timeout') or diag "$res->{elapsed}s";
 
     my $p = $ng->send_request('POST', '/hb', body => '{"user_id":"c"}',
@@ -361,7 +365,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     my ($what, $both) = @$case;
     my $noscript = resp_err('NOSCRIPT No matching script.');
     my $fake = flush_fake($noscript, $both ? $noscript : resp_int(0));
-    my $ng = nginx_for($fake, timeout => '10s');
+    my $ng = nginx_for($fake, timeout => 10);
     ok(wait_for(sub { $ng->post('/hb', { user_id => 'x' })->{status} == 200 },
                 10), "$what: connected");
     my $n = () = $fake->commands;
@@ -407,7 +411,8 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
         my $res = $ng->post('/hb', { user_id => 'a' });
         ok($res->{status} == 504 || $res->{status} == 503,
            "silent redis, request $_: 504 or 503") or diag $res->{raw};
-        ok($res->{elapsed} < 0.7, '  in bounded time') or diag "$res->{elapsed}s";
+        ok($res->{elapsed} < scaled($TIMEOUT + 0.4), '  in bounded time')
+            or diag "$res->{elapsed}s";
     }
     is($ng->get('/static')->{status}, 200, 'static still served');
     check_log($ng);
@@ -425,7 +430,8 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
         $res->{status} != 503;
     }, 3), 'stall: the module is ready');
     api_error_ok($res, 504, 'redis_timeout', 'commands never answered: 504');
-    ok($res->{elapsed} >= 0.29 && $res->{elapsed} < 0.7, '  after the timeout')
+    ok($res->{elapsed} >= scaled($TIMEOUT) - 0.01
+       && $res->{elapsed} < scaled($TIMEOUT + 0.4), '  after the timeout')
         or diag "$res->{elapsed}s";
     check_log($ng);
     $fake->stop;
@@ -443,7 +449,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     while (time - $t0 < 1.5) {
         my $res = $ng->post('/hb', { user_id => 'a' });
         $n++;
-        $bad++ unless $res->{status} == 503 && $res->{elapsed} < 0.3
+        $bad++ unless $res->{status} == 503 && $res->{elapsed} < scaled(0.3)
                       && ($res->{json}{error} // '') eq 'redis_unavailable';
     }
     is($bad, 0, "closed at once: $n requests, each a quick 503");
@@ -466,7 +472,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     my $bad = 0;
     while (time - $t0 < 1.5) {
         my $res = $ng->post('/hb', { user_id => 'a' });
-        $bad++ unless $res->{status} == 503 && $res->{elapsed} < 0.3;
+        $bad++ unless $res->{status} == 503 && $res->{elapsed} < scaled(0.3);
     }
     is($bad, 0, 'handshake refused: every request a quick 503');
     my $c = $fake->connections;

@@ -34,7 +34,7 @@ my $fake = fake_redis(handler => sub {
 
 my $TEMPLATE = <<'EOF';
 presence_redis %%REDIS%%;
-presence_redis_timeout 2s;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -44,7 +44,8 @@ server {
 EOF
 
 sub nginx {
-    my $ng = start_nginx($TEMPLATE, vars => { REDIS => $fake->addr },
+    my $ng = start_nginx($TEMPLATE, vars => { REDIS => $fake->addr,
+                                              TIMEOUT => conf_time(2) },
                          files => { static => 'static' });
     ok(wait_for(sub { $ng->post('/hb', { user_id => 'x' })->{status} == 200 },
                 5), 'nginx ready, connected to the fake');
@@ -83,7 +84,7 @@ $evals = evals_seen();
 my @p = held($ng, 20, 'gate1');
 $_->abort for @p;
 my $s = $ng->get('/static');
-ok($s->{status} == 200 && $s->{elapsed} < 0.05,
+ok($s->{status} == 200 && $s->{elapsed} < scaled(0.05),
    '20 clients gone, their requests waiting: static served at once');
 # a live request whose command queues behind the 20 held ones
 my $queued = $ng->send_request('POST', '/hb', body => '{"user_id":"queued"}',
@@ -189,7 +190,7 @@ if ($ENV{TEST_NGINX_VALGRIND}) {
     }
     $st = $ng->quit(5);
     is($st, 0, 'then nginx exits with 0');
-    ok(time - $t0 < 3.5, '  soon after the timeout');
+    ok(time - $t0 < scaled(3.5), '  soon after the timeout');
     check_log($ng);
     $fake->touch('gate6');
 }
@@ -200,7 +201,7 @@ $ng = nginx();
 kill 'TERM', $ng->pid;
 $t0 = time;
 ok(defined $ng->quit(5), 'TERM with commands in flight: nginx exits');
-ok(time - $t0 < 1.5, '  at once') or diag time - $t0;
+ok(time - $t0 < scaled(1.5), '  at once') or diag time - $t0;
 $fake->touch('gate7');
 $_->finish(1) for @p;
 check_log($ng);

@@ -16,9 +16,9 @@ use Presence::Test;
 need_module();
 
 my $r = start_redis();
-my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr }, workers => 2);
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr, TIMEOUT => conf_time(0.5) }, workers => 2);
 presence_redis %%REDIS%%;
-presence_redis_timeout 500ms;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;

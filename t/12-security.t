@@ -29,7 +29,7 @@ use Presence::Test;
 need_module();
 
 my $r = start_redis();
-my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr, AUTH_PORT => free_port() }, no_start => 1);
+my $ng = start_nginx(<<'EOF', vars => { REDIS => $r->addr, AUTH_PORT => free_port(), FLOOD_TTL => conf_time(1) }, no_start => 1);
 presence_redis %%REDIS%%;
 presence_ttl 300s;
 
@@ -113,7 +113,7 @@ server {
     location = /wl/hb     { presence_room $presence_room_checked; presence_heartbeat; }
     location = /wl/online { presence_room $presence_room_checked; presence_online; }
     location = /flood/hb {
-        presence_ttl 1s;
+        presence_ttl %%FLOOD_TTL%%;
         presence_key_prefix "flood:";
         presence_room $arg_room;
         presence_heartbeat;
@@ -231,7 +231,8 @@ sub members {
     is_deeply(\%st, { 200 => 200 }, 'flood: 200 made-up users in 20 made-up rooms');
     my @keys = grep { /^flood:/ } $r->key_list;
     is(scalar @keys, 20, '  20 keys');
-    ok(!grep({ my $t = $r->cmd('PTTL', $_); $t < 0 || $t > 1000 } @keys),
+    ok(!grep({ my $t = $r->cmd('PTTL', $_); $t < 0 || $t > scaled(1) * 1000 }
+             @keys),
        '  each with a TTL of at most presence_ttl (1s)');
     ok(wait_for(sub { !grep { /^flood:/ } $r->key_list }, 4),
        '  all gone once the TTL has passed');
@@ -335,7 +336,7 @@ EOF
     my $ra = start_redis(password => 'Redis-Pw-7');
     my $conf = <<'EOF';
 presence_redis %%REDIS%%;
-presence_redis_timeout 500ms;
+presence_redis_timeout %%TIMEOUT%%;
 %%PASSWORD%%
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -343,10 +344,11 @@ server {
     location = /online { presence_online; }
 }
 EOF
-    my $none = start_nginx($conf, vars => { REDIS => $ra->addr, PASSWORD => '' });
-    my $wrong = start_nginx($conf, vars => { REDIS => $ra->addr,
+    my %v = (REDIS => $ra->addr, TIMEOUT => conf_time(0.5));
+    my $none = start_nginx($conf, vars => { %v, PASSWORD => '' });
+    my $wrong = start_nginx($conf, vars => { %v,
         PASSWORD => 'presence_redis_password "Not-The-Pw-3";' });
-    my $right = start_nginx($conf, vars => { REDIS => $ra->addr,
+    my $right = start_nginx($conf, vars => { %v,
         PASSWORD => 'presence_redis_password "Redis-Pw-7";' });
 
     ok(wait_for(sub { $right->get('/online')->{status} == 200 }, 5),
@@ -358,7 +360,7 @@ EOF
         my ($n, $what) = @$_;
         my $res = $n->post('/hb', { user_id => 'auth-no' });
         api_error_ok($res, 503, 'redis_unavailable', "$what: 503 redis_unavailable");
-        ok($res->{elapsed} < 0.5, '  at once') or diag $res->{elapsed};
+        ok($res->{elapsed} < scaled(0.5), '  at once') or diag $res->{elapsed};
         ok(wait_for(sub { $n->log_text =~ /\[error\].*redis/ }, 3),
            '  an error in the log') or diag $n->log_text;
         unlike($n->log_text, qr/Redis-Pw-7|Not-The-Pw-3/, '  without a password in it');
@@ -373,9 +375,9 @@ EOF
 
 {
     my $rl = start_redis();
-    my $nl = start_nginx(<<'EOF', vars => { REDIS => $rl->addr });
+    my $nl = start_nginx(<<'EOF', vars => { REDIS => $rl->addr, TIMEOUT => conf_time(0.3) });
 presence_redis %%REDIS%%;
-presence_redis_timeout 300ms;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;

@@ -9,6 +9,7 @@ package Presence::Test;
 #   TEST_NGINX_BINARY   the nginx to run (default: /usr/sbin/nginx)
 #   TEST_NGINX_LEAVE=1  keep the temporary directories (printed with diag)
 #   TEST_NGINX_VALGRIND=1  run nginx under valgrind (see Nginx::command)
+#   TEST_NGINX_TIME_SCALE=N  multiply the suite's timing by N (see scaled)
 #   TEST_REDIS_SERVER, TEST_REDIS_CLI  other redis-server / redis-cli binaries
 
 use strict;
@@ -31,7 +32,7 @@ use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(
     need_module start_redis start_nginx fake_redis test_config
-    wait_for check_log free_port slurp spew
+    wait_for check_log free_port slurp spew scaled conf_time
     fake_std fake_reply resp_int resp_bulk resp_array resp_err resp_status resp_nil
     api_error_ok json_ok
 );
@@ -100,13 +101,33 @@ sub free_port {
     return $port;
 }
 
+# Time scale.  Under valgrind nginx runs many times slower, under ASan a
+# few times, and a loaded machine adds its own delays: every duration the
+# tests depend on goes through scaled(), so that the timeouts written into
+# a config (conf_time), the latency bounds checked against them and the
+# deadlines of the waits below all grow together and keep their ratios.
+# TEST_NGINX_TIME_SCALE=N overrides the factor (1 by default, 10 under
+# TEST_NGINX_VALGRIND, 3 under TEST_NGINX_ASAN).
+our $TIME_SCALE = $ENV{TEST_NGINX_TIME_SCALE}
+    || ($ENV{TEST_NGINX_VALGRIND} ? 10 : $ENV{TEST_NGINX_ASAN} ? 3 : 1);
+croak "TEST_NGINX_TIME_SCALE=$TIME_SCALE: a number >= 1, please"
+    unless $TIME_SCALE =~ /^\d+(?:\.\d+)?$/ && $TIME_SCALE >= 1;
+
+# scaled($seconds): $seconds times the time scale
+sub scaled { $_[0] * $TIME_SCALE }
+
+# conf_time($seconds): scaled($seconds) as an nginx time, for a config
+# ("presence_redis_timeout 300ms" is conf_time(0.3): 300ms, 3000ms...)
+sub conf_time { sprintf '%dms', $_[0] * 1000 * $TIME_SCALE + 0.5 }
+
 # wait_for(sub { ...condition... }, $seconds [, $interval]): polls until
-# the condition returns true and returns that value, or undef at the deadline.
+# the condition returns true and returns that value, or undef at the
+# deadline: $seconds scaled (a deadline is only how long to hope).
 sub wait_for {
     my ($cond, $timeout, $interval) = @_;
     $timeout  //= 5;
     $interval //= 0.02;
-    my $deadline = time + $timeout;
+    my $deadline = time + scaled($timeout);
     while (1) {
         my $v = $cond->();
         return $v if $v;
@@ -161,10 +182,11 @@ sub spawn {
     return $pid;
 }
 
-# waitpid with a deadline: the exit status, or undef if still running
+# waitpid with a deadline ($timeout scaled): the exit status, or undef
+# if still running
 sub wait_exit {
     my ($pid, $timeout) = @_;
-    my $deadline = time + $timeout;
+    my $deadline = time + scaled($timeout);
     while (1) {
         my $r = waitpid $pid, WNOHANG;
         return $? if $r == $pid;
@@ -650,7 +672,7 @@ sub pipeline {
         substr($out, 0, $n, '');
     }
     my ($buf, $pos, @replies) = ('', 0);
-    my $deadline = time + 5;
+    my $deadline = time + Presence::Test::scaled(5);
     my $sel = IO::Select->new($s);
     while (@replies < @cmds) {
         my @r = Presence::Test::resp_parse(\$buf, $pos);
@@ -1049,7 +1071,7 @@ sub start {
                                       PeerPort => $self->{port},
                                       Proto => 'tcp');
         return $s ? 1 : 0;
-    }, $ENV{TEST_NGINX_VALGRIND} ? 60 : 10);
+    }, 10);
     croak "nginx did not start:\n" . Presence::Test::slurp($self->error_log)
         unless $up;
     return $self;
@@ -1071,7 +1093,7 @@ sub reload {
     my ($self) = @_;
     if ($ENV{TEST_NGINX_VALGRIND}) {
         my $old = $self->{pid};
-        defined $self->quit(60) or croak "reload: nginx did not quit";
+        defined $self->quit(10) or croak "reload: nginx did not quit";
         $self->start;
         return ($old);
     }
@@ -1092,7 +1114,7 @@ sub reload {
 }
 
 # nginx -s quit: the exit status of the master, undef if it is still
-# running after $timeout seconds
+# running after $timeout seconds (scaled)
 sub quit {
     my ($self, $timeout) = @_;
     my $pid = $self->{pid} or return 0;
@@ -1232,14 +1254,14 @@ use Time::HiRes qw(time);
 
 sub sock { $_[0]{sock} }
 
-# reads until the server closes (or the timeout); undef when nothing
-# parseable came back
+# reads until the server closes (or the timeout, scaled); undef when
+# nothing parseable came back
 sub _read_all {
     my ($self, $timeout) = @_;
     return $self->{buf} if $self->{done};
     my $s = $self->{sock};
     my $sel = IO::Select->new($s);
-    my $deadline = time + ($timeout // 10);
+    my $deadline = time + Presence::Test::scaled($timeout // 10);
     $self->{buf} //= '';
     while (1) {
         my $left = $deadline - time;
