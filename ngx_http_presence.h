@@ -56,10 +56,16 @@ typedef struct {
     ngx_uint_t                  max_id_length;
     size_t                      max_body_size;
     ngx_msec_t                  online_cache;
+    ngx_uint_t                  max_sessions;
+    ngx_msec_t                  leave_grace;
 
     /* the TTL as Redis takes it (ms) and as the JSON shows it (s) */
     ngx_str_t                   ttl_ms;
     ngx_str_t                   ttl_json;
+
+    /* presence_max_sessions and presence_leave_grace as Redis takes them */
+    ngx_str_t                   max_sessions_arg;
+    ngx_str_t                   leave_grace_arg;
 } ngx_http_presence_loc_conf_t;
 
 
@@ -71,6 +77,8 @@ typedef struct {
     ngx_event_t                 timeout;
     ngx_uint_t                  script;
     ngx_str_t                   user;
+    /* the session_id; data is NULL without one */
+    ngx_str_t                   session;
     ngx_str_t                   room;
     ngx_str_t                   key;
     ngx_uint_t                  limit;

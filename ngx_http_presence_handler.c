@@ -18,7 +18,11 @@
 #include "ngx_http_presence.h"
 
 
+static ngx_int_t ngx_http_presence_identity_handler(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 static void ngx_http_presence_body_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_presence_parse_body(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx);
 static ngx_http_presence_ctx_t *ngx_http_presence_create_ctx(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_presence_eval_identity(ngx_http_request_t *r,
@@ -60,29 +64,7 @@ ngx_http_presence_update_handler(ngx_http_request_t *r)
                   ? NGX_PRESENCE_HEARTBEAT : NGX_PRESENCE_LEAVE;
 
     if (plcf->identity) {
-
-        /*
-         * the identity comes from nginx: any body is ignored; a broken
-         * chunked body is nginx's own 400, see below
-         */
-
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        rc = ngx_http_presence_eval_identity(r, ctx);
-
-        if (rc == NGX_OK) {
-            rc = ngx_http_presence_start(r, ctx);
-        }
-
-        if (rc == NGX_OK) {
-            r->main->count++;
-            return NGX_DONE;
-        }
-
-        return ngx_http_presence_fail(r, rc);
+        return ngx_http_presence_identity_handler(r, ctx);
     }
 
     if (r->headers_in.content_type
@@ -126,38 +108,69 @@ discard:
 }
 
 
+/*
+ * The identity comes from nginx (presence_heartbeat VALUE): a body is
+ * read only for its "session_id".  A body that is no JSON object, of
+ * another type or too large is ignored, as it always was here: only a
+ * session_id that is there and wrong is an error.
+ */
+
+static ngx_int_t
+ngx_http_presence_identity_handler(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    ngx_int_t                      rc;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    if ((r->headers_in.content_length_n > 0 || r->headers_in.chunked)
+        && (r->headers_in.content_type == NULL
+            || ngx_http_presence_media_type_ok(
+                                         &r->headers_in.content_type->value))
+        && r->headers_in.content_length_n <= (off_t) plcf->max_body_size)
+    {
+        rc = ngx_http_read_client_request_body(r,
+                                           ngx_http_presence_body_handler);
+
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+
+        return NGX_DONE;
+    }
+
+    /* a broken chunked body is nginx's own 400, see above */
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    rc = ngx_http_presence_eval_identity(r, ctx);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_presence_start(r, ctx);
+    }
+
+    if (rc == NGX_OK) {
+        r->main->count++;
+        return NGX_DONE;
+    }
+
+    return ngx_http_presence_fail(r, rc);
+}
+
+
 static void
 ngx_http_presence_body_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                      rc;
-    ngx_str_t                      body;
-    ngx_http_presence_ctx_t       *ctx;
-    ngx_http_presence_loc_conf_t  *plcf;
+    ngx_int_t                 rc;
+    ngx_http_presence_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_presence_module);
-    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    rc = ngx_http_presence_read_body(r, &body);
-
-    if (rc == NGX_OK) {
-        /* a JSON string decodes to no more bytes than it takes */
-
-        ctx->user.data = ngx_pnalloc(r->pool, body.len);
-        if (ctx->user.data == NULL) {
-            rc = NGX_ERROR;
-
-        } else {
-            rc = ngx_http_presence_parse_json(body.data, body.len,
-                                              &ctx->user);
-        }
-    }
-
-    if (rc == NGX_OK
-        && !ngx_http_presence_valid_id(ctx->user.data, ctx->user.len,
-                                       plcf->max_id_length))
-    {
-        rc = NGX_HTTP_PRESENCE_ERR_USER;
-    }
+    rc = ngx_http_presence_parse_body(r, ctx);
 
     if (rc == NGX_OK) {
         rc = ngx_http_presence_start(r, ctx);
@@ -169,6 +182,84 @@ ngx_http_presence_body_handler(ngx_http_request_t *r)
     }
 
     ngx_http_finalize_request(r, ngx_http_presence_fail(r, rc));
+}
+
+
+/*
+ * The user (from the body, or from nginx) and the optional session of a
+ * heartbeat or a leave: NGX_OK, NGX_ERROR, or an error to answer with.
+ */
+
+static ngx_int_t
+ngx_http_presence_parse_body(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx)
+{
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_str_t                      body;
+    ngx_http_presence_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+    if (plcf->identity) {
+        rc = ngx_http_presence_eval_identity(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    rc = ngx_http_presence_read_body(r, &body);
+
+    if (rc != NGX_OK) {
+        return (plcf->identity && rc == NGX_HTTP_PRESENCE_ERR_TOO_LARGE)
+               ? NGX_OK : rc;
+    }
+
+    /* a JSON string decodes to no more bytes than it takes */
+
+    p = ngx_pnalloc(r->pool, 2 * body.len);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->session.data = p + body.len;
+
+    if (plcf->identity) {
+        rc = ngx_http_presence_parse_json(body.data, body.len, NULL,
+                                          &ctx->session);
+
+        if (rc == NGX_HTTP_PRESENCE_ERR_JSON) {
+            /* not JSON: no session, as before sessions were read */
+            ngx_str_null(&ctx->session);
+            return NGX_OK;
+        }
+
+    } else {
+        ctx->user.data = p;
+
+        rc = ngx_http_presence_parse_json(body.data, body.len, &ctx->user,
+                                          &ctx->session);
+
+        if (rc == NGX_OK
+            && !ngx_http_presence_valid_id(ctx->user.data, ctx->user.len,
+                                           plcf->max_id_length))
+        {
+            rc = NGX_HTTP_PRESENCE_ERR_USER;
+        }
+    }
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ctx->session.data
+        && !ngx_http_presence_valid_id(ctx->session.data, ctx->session.len,
+                                       NGX_HTTP_PRESENCE_SESSION_MAX))
+    {
+        return NGX_HTTP_PRESENCE_ERR_SESSION;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -489,11 +580,27 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
                                              r->connection->log);
 
     } else {
-        /* heartbeat: user, ttl; leave, lookup: user */
+        /*
+         * heartbeat: user, ttl, session, most sessions; leave: user,
+         * session, grace; lookup: user.  No session_id is the empty one.
+         */
 
         args[0] = ctx->user;
-        args[1] = plcf->ttl_ms;
-        nargs = (ctx->script == NGX_PRESENCE_HEARTBEAT) ? 2 : 1;
+
+        if (ctx->script == NGX_PRESENCE_HEARTBEAT) {
+            args[1] = plcf->ttl_ms;
+            args[2] = ctx->session;
+            args[3] = plcf->max_sessions_arg;
+            nargs = 4;
+
+        } else if (ctx->script == NGX_PRESENCE_LEAVE) {
+            args[1] = ctx->session;
+            args[2] = plcf->leave_grace_arg;
+            nargs = 3;
+
+        } else {
+            nargs = 1;
+        }
 
         ctx->cmd = ngx_presence_redis_eval(pmcf->rds, ctx->script, &ctx->key,
                                            args, nargs,

@@ -14,6 +14,7 @@
 #include "ngx_http_presence_input.h"
 
 
+static void ngx_http_presence_json_copy(json_t *item, ngx_str_t *to);
 static ngx_int_t ngx_http_presence_equal_nocase(u_char *p, size_t len,
     char *s);
 static u_char *ngx_http_presence_accept_range(
@@ -124,17 +125,20 @@ ngx_http_presence_utf8_decode(u_char **p, u_char *end)
 /*
  * A heartbeat or leave body: exactly one JSON object (RFC 8259, strictly:
  * UTF-8 throughout, no raw control characters in strings, no leading
- * zeros, nothing but whitespace after it) with a string "user_id".
- * jansson enforces all of that, and stops nesting at JSON_PARSER_MAX_DEPTH
- * (2048) rather than recursing as deep as a body goes.  user->data must
- * have room for len bytes, more than the decoded id can take.  Returns
- * NGX_OK with the id copied there, which may still be no valid id (an
- * escaped "\u0000" in it, say), NGX_ERROR when jansson ran out of memory,
- * or the error to answer with.
+ * zeros, nothing but whitespace after it) with a string "user_id" (unless
+ * user is NULL: the identity comes from elsewhere) and, optionally, a
+ * string "session_id".  jansson enforces all of that, and stops nesting at
+ * JSON_PARSER_MAX_DEPTH (2048) rather than recursing as deep as a body
+ * goes.  user->data and session->data must each have room for len bytes,
+ * more than a decoded string can take.  Returns NGX_OK with the strings
+ * copied there (session->data NULL when there is no session_id), which
+ * may still be no valid ids (an escaped "\u0000" in one, say), NGX_ERROR
+ * when jansson ran out of memory, or the error to answer with.
  */
 
 ngx_int_t
-ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
+ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user,
+    ngx_str_t *session)
 {
     size_t         flags;
     json_t        *json, *item;
@@ -177,22 +181,29 @@ ngx_http_presence_parse_json(u_char *p, size_t len, ngx_str_t *user)
         goto done;
     }
 
-    item = json_object_get(json, "user_id");
+    if (user) {
+        item = json_object_get(json, "user_id");
 
-    if (!json_is_string(item)) {
-        rc = NGX_HTTP_PRESENCE_ERR_USER;
-        goto done;
+        if (!json_is_string(item)) {
+            rc = NGX_HTTP_PRESENCE_ERR_USER;
+            goto done;
+        }
+
+        ngx_http_presence_json_copy(item, user);
     }
 
-    user->len = json_string_length(item);
+    item = json_object_get(json, "session_id");
 
-    if (user->len > len) {
-        /* cannot be: a JSON string never decodes longer */
-        rc = NGX_HTTP_PRESENCE_ERR_JSON;
+    if (item == NULL) {
+        ngx_str_null(session);
+
+    } else if (!json_is_string(item)) {
+        rc = NGX_HTTP_PRESENCE_ERR_SESSION;
         goto done;
-    }
 
-    ngx_memcpy(user->data, json_string_value(item), user->len);
+    } else {
+        ngx_http_presence_json_copy(item, session);
+    }
 
     rc = NGX_OK;
 
@@ -201,6 +212,16 @@ done:
     json_decref(json);
 
     return rc;
+}
+
+
+/* a JSON string never decodes longer than it is written in the body */
+
+static void
+ngx_http_presence_json_copy(json_t *item, ngx_str_t *to)
+{
+    to->len = json_string_length(item);
+    ngx_memcpy(to->data, json_string_value(item), to->len);
 }
 
 

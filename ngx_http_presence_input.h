@@ -33,8 +33,13 @@ typedef enum {
     NGX_HTTP_PRESENCE_ERR_TOO_LARGE,
     NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE,
     NGX_HTTP_PRESENCE_ERR_UNAVAILABLE,
-    NGX_HTTP_PRESENCE_ERR_TIMEOUT
+    NGX_HTTP_PRESENCE_ERR_TIMEOUT,
+    NGX_HTTP_PRESENCE_ERR_SESSION
 } ngx_http_presence_err_e;
+
+
+/* the longest session_id, bytes */
+#define NGX_HTTP_PRESENCE_SESSION_MAX   64
 
 
 /* what ngx_http_presence_utf8_decode() returns for a broken character */
@@ -61,7 +66,7 @@ typedef struct {
 ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
 uint32_t ngx_http_presence_utf8_decode(u_char **p, u_char *end);
 ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
-    ngx_str_t *user);
+    ngx_str_t *user, ngx_str_t *session);
 ngx_int_t ngx_http_presence_media_type_ok(ngx_str_t *value);
 ngx_int_t ngx_http_presence_parse_limit(ngx_str_t *value, ngx_uint_t max);
 void ngx_http_presence_accept(ngx_http_presence_accept_t *accept,

@@ -63,6 +63,10 @@ static ngx_conf_num_bounds_t  ngx_http_presence_id_length_bounds = {
     ngx_http_presence_check_bounds, 1, 1024
 };
 
+static ngx_conf_num_bounds_t  ngx_http_presence_sessions_bounds = {
+    ngx_http_presence_check_bounds, 1, 1024
+};
+
 
 static ngx_command_t  ngx_http_presence_commands[] = {
 
@@ -170,6 +174,20 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_presence_loc_conf_t, max_body_size),
       &ngx_http_presence_check_size_p },
+
+    { ngx_string("presence_max_sessions"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, max_sessions),
+      &ngx_http_presence_sessions_bounds },
+
+    { ngx_string("presence_leave_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, leave_grace),
+      NULL },
 
       ngx_null_command
 };
@@ -348,6 +366,8 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
      *     plcf->key_prefix = { 0, NULL };
      *     plcf->ttl_ms = { 0, NULL };
      *     plcf->ttl_json = { 0, NULL };
+     *     plcf->max_sessions_arg = { 0, NULL };
+     *     plcf->leave_grace_arg = { 0, NULL };
      */
 
     plcf->room = NGX_CONF_UNSET_PTR;
@@ -356,6 +376,8 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
     plcf->max_id_length = NGX_CONF_UNSET_UINT;
     plcf->max_body_size = NGX_CONF_UNSET_SIZE;
     plcf->online_cache = NGX_CONF_UNSET_MSEC;
+    plcf->max_sessions = NGX_CONF_UNSET_UINT;
+    plcf->leave_grace = NGX_CONF_UNSET_MSEC;
 
     return plcf;
 }
@@ -380,6 +402,8 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_body_size, prev->max_body_size,
                               4096);
     ngx_conf_merge_msec_value(conf->online_cache, prev->online_cache, 0);
+    ngx_conf_merge_uint_value(conf->max_sessions, prev->max_sessions, 16);
+    ngx_conf_merge_msec_value(conf->leave_grace, prev->leave_grace, 0);
 
     room = conf->room;
 
@@ -396,21 +420,24 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (prev->ttl_ms.data && conf->ttl == prev->ttl) {
-        conf->ttl_ms = prev->ttl_ms;
-        conf->ttl_json = prev->ttl_json;
-        return NGX_CONF_OK;
-    }
+    /* the numbers as the scripts take them, formatted once */
 
-    p = ngx_pnalloc(cf->pool, 2 * NGX_INT_T_LEN + 4);
+    p = ngx_pnalloc(cf->pool, 4 * NGX_INT_T_LEN + 4);
     if (p == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    conf->ttl_ms.data = p;
-    conf->ttl_ms.len = ngx_sprintf(p, "%M", conf->ttl) - p;
+    conf->max_sessions_arg.data = p;
+    p = ngx_sprintf(p, "%ui", conf->max_sessions);
+    conf->max_sessions_arg.len = p - conf->max_sessions_arg.data;
 
-    p += conf->ttl_ms.len;
+    conf->leave_grace_arg.data = p;
+    p = ngx_sprintf(p, "%M", conf->leave_grace);
+    conf->leave_grace_arg.len = p - conf->leave_grace_arg.data;
+
+    conf->ttl_ms.data = p;
+    p = ngx_sprintf(p, "%M", conf->ttl);
+    conf->ttl_ms.len = p - conf->ttl_ms.data;
 
     conf->ttl_json.data = p;
 

@@ -74,7 +74,11 @@ static ngx_http_presence_err_t  ngx_http_presence_errors[] = {
       ngx_string("The presence store is unavailable; try again shortly.") },
 
     { NGX_HTTP_GATEWAY_TIME_OUT, ngx_string("redis_timeout"),
-      ngx_string("The presence store did not answer in time.") }
+      ngx_string("The presence store did not answer in time.") },
+
+    { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_session_id"),
+      ngx_string("The session id must be a non-empty string of valid UTF-8, "
+                 "without control characters, of at most 64 bytes.") }
 };
 
 
@@ -88,9 +92,9 @@ ngx_int_t
 ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
     redisReply *reply)
 {
-    size_t                         len;
-    ngx_buf_t                     *b;
-    long long                       n;
+    size_t                          len;
+    ngx_buf_t                      *b;
+    long long                       n, sessions;
     ngx_http_presence_loc_conf_t   *plcf;
     ngx_http_presence_main_conf_t  *pmcf;
 
@@ -102,19 +106,26 @@ ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
         return ngx_http_presence_respond_listing(r, ctx, reply);
     }
 
-    if (reply->type != REDIS_REPLY_INTEGER) {
+    /* {count or ms left, sessions} */
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_INTEGER)
+    {
         goto invalid;
     }
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    n = reply->integer;
+    n = reply->element[0]->integer;
+    sessions = reply->element[1]->integer;
 
     len = sizeof("{\"user_id\":,\"online\":,\"expires_in_ms\":}") - 1
-          + sizeof(",\"room\":,\"ttl\":") - 1
+          + sizeof(",\"room\":,\"ttl\":,\"sessions\":") - 1
           + ngx_http_presence_json_len(&ctx->user)
           + ngx_http_presence_json_len(&ctx->room)
-          + plcf->ttl_json.len + NGX_INT64_LEN;
+          + plcf->ttl_json.len + 2 * NGX_INT64_LEN;
 
     b = ngx_create_temp_buf(r->pool, len);
     if (b == NULL) {
@@ -129,7 +140,7 @@ ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
             n = 0;
         }
 
-        b->last = ngx_sprintf(b->last, ",\"online\":%s,\"expires_in_ms\":%L}",
+        b->last = ngx_sprintf(b->last, ",\"online\":%s,\"expires_in_ms\":%L",
                               n ? "true" : "false", (int64_t) n);
 
     } else {
@@ -140,8 +151,10 @@ ngx_http_presence_respond(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx,
             b->last = ngx_sprintf(b->last, ",\"ttl\":%V", &plcf->ttl_json);
         }
 
-        b->last = ngx_sprintf(b->last, ",\"online\":%L}", (int64_t) n);
+        b->last = ngx_sprintf(b->last, ",\"online\":%L", (int64_t) n);
     }
+
+    b->last = ngx_sprintf(b->last, ",\"sessions\":%L}", (int64_t) sessions);
 
     return ngx_http_presence_send(r, NGX_HTTP_OK, b);
 

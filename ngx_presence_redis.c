@@ -34,43 +34,166 @@ static void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd,
 
 
 /*
- * The data model (docs/design.md).  A room is a sorted set whose
- * scores are the moments, by the Redis server's clock, at which members
- * stop being online; every script prunes what has expired first.
+ * The data model (docs/design.md).  KEYS[1], the room: a sorted set of
+ * users, each scored with the moment, by the Redis server's clock, at
+ * which the user's last session ends.  KEYS[2], the room's sessions: a
+ * hash of user -> the user's named sessions, "<id>\n<ends>\n" each, where
+ * a negative end is a session on its way out (a leave with a grace).  A
+ * user who only ever heartbeats without a session_id has one session,
+ * the default one, and no field in KEYS[2] at all: the room alone says
+ * all there is, and costs what it did before sessions.
  */
 
 /*
- * Numbers go to Redis formatted as integers: a Lua number as an argument
- * is printed as a float, which took a tenth of Redis's time per heartbeat.
+ * Every script starts here: the time, and the users whose last session
+ * has ended pruned from the room and from the sessions.  Numbers go to
+ * Redis formatted as integers: a Lua number as an argument is printed as
+ * a float, which took a tenth of Redis's time per heartbeat.
  */
 
 #define NGX_PRESENCE_LUA_NOW                                                  \
     "local t = redis.call('TIME')\n"                                          \
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"                     \
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf',"                         \
-    " string.format('%d', now))\n"
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf',"               \
+    " string.format('%d', now))\n"                                            \
+    "if #gone > 0 then\n"                                                     \
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf',"                       \
+    " string.format('%d', now))\n"                                            \
+    "  for i = 1, #gone, 1000 do\n"                                           \
+    "    redis.call('HDEL', KEYS[2],"                                         \
+    " unpack(gone, i, math.min(i + 999, #gone)))\n"                           \
+    "  end\n"                                                                 \
+    "end\n"
+
+/*
+ * A user's sessions: load() the live ones of a field, store() them back
+ * with the user's score in the room (the end of the last session), and
+ * return how many are not on their way out.  One default session that is
+ * not ending needs no field.
+ */
+
+#define NGX_PRESENCE_LUA_SESSIONS                                             \
+    "local function load(v)\n"                                                \
+    "  local s = {}\n"                                                        \
+    "  for id, e in string.gmatch(v, '([^\\n]*)\\n([^\\n]*)\\n') do\n"        \
+    "    e = tonumber(e)\n"                                                   \
+    "    if math.abs(e) > now then s[#s + 1] = {id, e} end\n"                 \
+    "  end\n"                                                                 \
+    "  return s\n"                                                            \
+    "end\n"                                                                   \
+    "local function store(user, s)\n"                                         \
+    "  if #s == 0 then\n"                                                     \
+    "    redis.call('ZREM', KEYS[1], user)\n"                                 \
+    "    redis.call('HDEL', KEYS[2], user)\n"                                 \
+    "    return 0\n"                                                          \
+    "  end\n"                                                                 \
+    "  local last, n, v = 0, 0, {}\n"                                         \
+    "  for _, x in ipairs(s) do\n"                                            \
+    "    last = math.max(last, math.abs(x[2]))\n"                             \
+    "    if x[2] > 0 then n = n + 1 end\n"                                    \
+    "    v[#v + 1] = x[1] .. '\\n' .. string.format('%d', x[2]) .. '\\n'\n"   \
+    "  end\n"                                                                 \
+    "  redis.call('ZADD', KEYS[1], string.format('%d', last), user)\n"        \
+    "  if #s == 1 and s[1][1] == '' and s[1][2] > 0 then\n"                   \
+    "    redis.call('HDEL', KEYS[2], user)\n"                                 \
+    "  else\n"                                                                \
+    "    redis.call('HSET', KEYS[2], user, table.concat(v))\n"                \
+    "  end\n"                                                                 \
+    "  return n\n"                                                            \
+    "end\n"
+
+/*
+ * A key's expiry only ever moves later: a location with a short
+ * presence_ttl must not end a room that others keep alive longer (PTTL
+ * is -1 for a key that has just been made).
+ */
+
+#define NGX_PRESENCE_LUA_EXTEND                                               \
+    "local function extend(key, ttl)\n"                                       \
+    "  if redis.call('PTTL', key) < ttl then\n"                               \
+    "    redis.call('PEXPIRE', key, string.format('%d', ttl))\n"              \
+    "  end\n"                                                                 \
+    "end\n"
 
 static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
 
     /*
-     * heartbeat: ARGV[1] user, ARGV[2] ttl in ms; returns the count.
-     * The key's expiry only ever moves later: a location with a short
-     * presence_ttl must not end a room that others keep alive longer
-     * (PTTL is -1 for the key ZADD has just made).
+     * heartbeat: ARGV[1] user, ARGV[2] ttl in ms, ARGV[3] session ('' for
+     * the default one), ARGV[4] most sessions; a new session beyond them
+     * replaces the one seen least recently.  Returns {count, sessions}.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
+               NGX_PRESENCE_LUA_SESSIONS
+               NGX_PRESENCE_LUA_EXTEND
+               "local user, id = ARGV[1], ARGV[3]\n"
                "local ttl = tonumber(ARGV[2])\n"
-               "redis.call('ZADD', KEYS[1],"
-               " string.format('%d', now + ttl), ARGV[1])\n"
-               "if redis.call('PTTL', KEYS[1]) < ttl then\n"
-               "  redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+               "local v = redis.call('HGET', KEYS[2], user)\n"
+               "local n = 1\n"
+               "if v or id ~= '' then\n"
+               "  local s = {}\n"
+               "  if v then\n"
+               "    s = load(v)\n"
+               "  else\n"
+               "    local old = redis.call('ZSCORE', KEYS[1], user)\n"
+               "    if old then s[1] = {'', tonumber(old)} end\n"
+               "  end\n"
+               "  local this\n"
+               "  for _, x in ipairs(s) do\n"
+               "    if x[1] == id then this = x end\n"
+               "  end\n"
+               "  if not this then\n"
+               "    if #s >= tonumber(ARGV[4]) then\n"
+               "      local o = 1\n"
+               "      for i = 2, #s do\n"
+               "        if math.abs(s[i][2]) < math.abs(s[o][2]) then"
+               " o = i end\n"
+               "      end\n"
+               "      table.remove(s, o)\n"
+               "    end\n"
+               "    this = {id}\n"
+               "    s[#s + 1] = this\n"
+               "  end\n"
+               "  this[2] = now + ttl\n"
+               "  n = store(user, s)\n"
+               "  extend(KEYS[2], ttl)\n"
+               "else\n"
+               "  redis.call('ZADD', KEYS[1], string.format('%d', now + ttl),"
+               " user)\n"
                "end\n"
-               "return redis.call('ZCARD', KEYS[1])\n"),
+               "extend(KEYS[1], ttl)\n"
+               "return {redis.call('ZCARD', KEYS[1]), n}\n"),
 
-    /* leave: ARGV[1] user; returns the count */
+    /*
+     * leave: ARGV[1] user, ARGV[2] session ('' for all of the user's),
+     * ARGV[3] grace in ms: a session named ends then, unless it heartbeats
+     * again.  Returns {count, sessions}.
+     */
     ngx_string(NGX_PRESENCE_LUA_NOW
-               "redis.call('ZREM', KEYS[1], ARGV[1])\n"
-               "return redis.call('ZCARD', KEYS[1])\n"),
+               NGX_PRESENCE_LUA_SESSIONS
+               "local user, id = ARGV[1], ARGV[2]\n"
+               "local grace = tonumber(ARGV[3])\n"
+               "local n = 0\n"
+               "if id == '' then\n"
+               "  redis.call('ZREM', KEYS[1], user)\n"
+               "  redis.call('HDEL', KEYS[2], user)\n"
+               "else\n"
+               "  local v = redis.call('HGET', KEYS[2], user)\n"
+               "  if v then\n"
+               "    local s, keep = load(v), {}\n"
+               "    for _, x in ipairs(s) do\n"
+               "      if x[1] ~= id then\n"
+               "        keep[#keep + 1] = x\n"
+               "      elseif grace > 0 then\n"
+               "        x[2] = -math.min(math.abs(x[2]), now + grace)\n"
+               "        keep[#keep + 1] = x\n"
+               "      end\n"
+               "    end\n"
+               "    n = store(user, keep)\n"
+               "  elseif redis.call('ZSCORE', KEYS[1], user) then\n"
+               "    n = 1\n"
+               "  end\n"
+               "end\n"
+               "return {redis.call('ZCARD', KEYS[1]), n}\n"),
 
     /*
      * online: returns the count; the members come from a ZREVRANGE in the
@@ -80,12 +203,27 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
     ngx_string(NGX_PRESENCE_LUA_NOW
                "return redis.call('ZCARD', KEYS[1])\n"),
 
-    /* lookup: ARGV[1] user; returns the ms left, 0 when not online */
+    /*
+     * lookup: ARGV[1] user; returns {ms left, sessions}, {0, 0} when the
+     * user is not online
+     */
     ngx_string(NGX_PRESENCE_LUA_NOW
                "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
-               "if s then return tonumber(s) - now end\n"
-               "return 0\n")
+               "if not s then return {0, 0} end\n"
+               "local n = 1\n"
+               "local v = redis.call('HGET', KEYS[2], ARGV[1])\n"
+               "if v then\n"
+               "  n = 0\n"
+               "  for e in string.gmatch(v, '[^\\n]*\\n([^\\n]*)\\n') do\n"
+               "    if tonumber(e) > now then n = n + 1 end\n"
+               "  end\n"
+               "end\n"
+               "return {tonumber(s) - now, n}\n")
 };
+
+
+/* the key of a room's sessions: the room's key and this */
+#define NGX_PRESENCE_SESSIONS_SUFFIX  ":s"
 
 
 /* the SHA1 of each script, as EVALSHA takes it */
@@ -168,7 +306,10 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
         return NULL;
     }
 
-    size = sizeof(ngx_presence_cmd_t) + key->len;
+    /* the room's key, and its sessions' key: the same hash tag, one slot */
+
+    size = sizeof(ngx_presence_cmd_t) + 2 * key->len
+           + sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1;
 
     for (i = 0; i < nargs; i++) {
         size += args[i].len;
@@ -186,13 +327,13 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     cmd->data = data;
     cmd->log = log;
     cmd->script = script;
-    cmd->argc = 4 + nargs;
+    cmd->argc = 5 + nargs;
 
     cmd->argv[0] = "EVALSHA";
     cmd->argvlen[0] = 7;
     cmd->argv[1] = (char *) ngx_presence_sha[script];
     cmd->argvlen[1] = 40;
-    cmd->argv[2] = "1";
+    cmd->argv[2] = "2";
     cmd->argvlen[2] = 1;
 
     p = (u_char *) cmd + sizeof(ngx_presence_cmd_t);
@@ -201,9 +342,15 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     cmd->argvlen[3] = key->len;
     p = ngx_cpymem(p, key->data, key->len);
 
+    cmd->argv[4] = (char *) p;
+    cmd->argvlen[4] = key->len + sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1;
+    p = ngx_cpymem(p, key->data, key->len);
+    p = ngx_cpymem(p, NGX_PRESENCE_SESSIONS_SUFFIX,
+                   sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1);
+
     for (i = 0; i < nargs; i++) {
-        cmd->argv[4 + i] = (char *) p;
-        cmd->argvlen[4 + i] = args[i].len;
+        cmd->argv[5 + i] = (char *) p;
+        cmd->argvlen[5 + i] = args[i].len;
         p = ngx_cpymem(p, args[i].data, args[i].len);
     }
 

@@ -24,8 +24,8 @@
 #define NGX_PRESENCE_LOOKUP        3
 #define NGX_PRESENCE_NSCRIPTS      4
 
-/* at most this many arguments after the key */
-#define NGX_PRESENCE_MAX_ARGS      2
+/* at most this many arguments after the keys */
+#define NGX_PRESENCE_MAX_ARGS      4
 
 
 typedef struct ngx_presence_cmd_s    ngx_presence_cmd_t;
@@ -135,8 +135,8 @@ struct ngx_presence_cmd_s {
     unsigned                       queued:1;
     unsigned                       retried:1;
 
-    const char                    *argv[4 + NGX_PRESENCE_MAX_ARGS];
-    size_t                         argvlen[4 + NGX_PRESENCE_MAX_ARGS];
+    const char                    *argv[5 + NGX_PRESENCE_MAX_ARGS];
+    size_t                         argvlen[5 + NGX_PRESENCE_MAX_ARGS];
 
     /* a listing: ZREVRANGE <key> 0 <limit - 1>, none when the limit is 0 */
     ngx_uint_t                     limit;

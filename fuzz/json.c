@@ -20,28 +20,39 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     size_t      i, first, last;
     u_char     *body, *q;
+    u_char     *session_buf;
     ngx_int_t   rc;
-    ngx_str_t   user;
+    ngx_str_t   user, session;
 
     body = malloc(size + 1);
     user.data = malloc(size + 1);
+    session_buf = malloc(size + 1);
 
-    if (body == NULL || user.data == NULL) {
+    if (body == NULL || user.data == NULL || session_buf == NULL) {
         free(body);
         free(user.data);
+        free(session_buf);
         return 0;
     }
+
+    session.data = session_buf;
 
     /* no terminating NUL: the parser must stop at size on its own */
     memcpy(body, data, size);
 
-    rc = ngx_http_presence_parse_json(body, size, &user);
+    rc = ngx_http_presence_parse_json(body, size, &user, &session);
 
     fuzz_assert(rc == NGX_OK || rc == NGX_ERROR
                 || rc == NGX_HTTP_PRESENCE_ERR_JSON
-                || rc == NGX_HTTP_PRESENCE_ERR_USER);
+                || rc == NGX_HTTP_PRESENCE_ERR_USER
+                || rc == NGX_HTTP_PRESENCE_ERR_SESSION);
 
-    if (rc == NGX_OK || rc == NGX_HTTP_PRESENCE_ERR_USER) {
+    if (rc == NGX_OK && session.data) {
+        /* a session_id fits the body, as the id does */
+        fuzz_assert(session.data == session_buf && session.len <= size);
+    }
+
+    if (rc != NGX_OK && rc != NGX_ERROR && rc != NGX_HTTP_PRESENCE_ERR_JSON) {
 
         fuzz_assert(fuzz_utf8(body, size));
 
@@ -82,6 +93,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     free(body);
     free(user.data);
+    free(session_buf);
 
     return 0;
 }

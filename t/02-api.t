@@ -81,7 +81,8 @@ my $t1 = $r->time_ms;
 
 json_ok($res, 'heartbeat 200');
 is_deeply($res->{json},
-          { user_id => 'alice', room => 'global', ttl => 10, online => 1 },
+          { user_id => 'alice', room => 'global', ttl => 10, online => 1,
+            sessions => 1 },
           'heartbeat answer');
 like($res->{body}, qr/"ttl"\s*:\s*10\s*[,}]/, 'ttl is the number 10');
 like($res->{body}, qr/"online"\s*:\s*1\s*[,}]/, 'online is a number');
@@ -127,7 +128,8 @@ is($res->{json}{user_id}, 'carl', '  user_id found among them');
 
 $res = $ng->post('/leave', { user_id => 'carl' });
 json_ok($res, 'leave 200');
-is_deeply($res->{json}, { user_id => 'carl', room => 'global', online => 2 },
+is_deeply($res->{json}, { user_id => 'carl', room => 'global', online => 2,
+                          sessions => 0 },
           'leave answer');
 like($res->{body}, qr/"online"\s*:\s*2\s*[,}]/, 'online is a number');
 is(rcmd('ZSCORE', $KEY, 'carl'), undef, 'carl gone from the set');
@@ -154,7 +156,8 @@ my $before = $r->snapshot;
 $res = $ng->request('POST', '/hbv', headers => ['X-User' => 'dave']);
 json_ok($res, 'variable identity, no body');
 is_deeply($res->{json},
-          { user_id => 'dave', room => 'global', ttl => 10, online => 3 },
+          { user_id => 'dave', room => 'global', ttl => 10, online => 3,
+            sessions => 1 },
           '  answer');
 
 $res = $ng->post('/hbv', { user_id => 'mallory' }, headers => ['X-User' => 'erin']);
@@ -172,7 +175,8 @@ api_error_ok($res, 401, 'no_identity', 'leave with empty variable: 401');
 is_deeply($r->snapshot, $before, '  redis unchanged');
 
 $res = $ng->request('POST', '/leavev', headers => ['X-User' => 'erin']);
-is_deeply($res->{json}, { user_id => 'erin', room => 'global', online => 3 },
+is_deeply($res->{json}, { user_id => 'erin', room => 'global', online => 3,
+                          sessions => 0 },
           'leave with variable identity');
 is(rcmd('ZSCORE', $KEY, 'erin'), undef, '  erin gone');
 
@@ -181,7 +185,8 @@ is(rcmd('ZSCORE', $KEY, 'erin'), undef, '  erin gone');
 
 $res = $ng->post('/room/hb?room=lobby', { user_id => 'fay' });
 is_deeply($res->{json},
-          { user_id => 'fay', room => 'lobby', ttl => 10, online => 1 },
+          { user_id => 'fay', room => 'lobby', ttl => 10, online => 1,
+            sessions => 1 },
           'heartbeat in room lobby');
 ok(defined rcmd('ZSCORE', 'presence:{lobby}', 'fay'), '  key presence:{lobby}');
 is(rcmd('ZSCORE', $KEY, 'fay'), undef, '  not in global');
@@ -196,7 +201,8 @@ is($res->{status}, 200, 'room from a raw query argument');
 is($res->{json}{room}, 'caf%C3%A9', '  $arg_room is used as is');
 
 $res = $ng->post('/room/leave?room=lobby', { user_id => 'fay' });
-is_deeply($res->{json}, { user_id => 'fay', room => 'lobby', online => 0 },
+is_deeply($res->{json}, { user_id => 'fay', room => 'lobby', online => 0,
+                          sessions => 0 },
           'leave in room lobby');
 is(rcmd('EXISTS', 'presence:{lobby}'), 0, '  empty room: key gone');
 
@@ -220,7 +226,7 @@ ok($ms >= $score_a - $t1 && $ms <= $score_a - $t0,
 
 $res = $ng->get('/online?user_id=nobody');
 is_deeply($res->{json}, { user_id => 'nobody', online => JSON::PP::false(),
-                          expires_in_ms => 0 }, 'lookup of someone offline');
+                          expires_in_ms => 0, sessions => 0 }, 'lookup of someone offline');
 like($res->{body}, qr/"online"\s*:\s*false/, '  a JSON false');
 like($res->{body}, qr/"expires_in_ms"\s*:\s*0\s*[,}]/, '  expires_in_ms 0');
 
@@ -265,7 +271,7 @@ for my $u (@app) {
     $res = $ng->post('/app/hb', { user_id => $u });
 }
 is_deeply($res->{json}, { user_id => 'u5', room => 'lobby', ttl => 30,
-                          online => 5 }, 'prefixed location heartbeat');
+                          online => 5, sessions => 1 }, 'prefixed location heartbeat');
 is(rcmd('ZCARD', 'app1:{lobby}'), 5, 'presence_key_prefix: app1:{lobby}');
 is(rcmd('EXISTS', 'presence:{lobby}'), 0, '  nothing under the default prefix');
 $pttl = rcmd('PTTL', 'app1:{lobby}');

@@ -77,7 +77,7 @@ my $KEY = 'presence:{global}';
 
 {
     my $fake = fake_redis(handler => $scripted);
-    $fake->set_reply('EVALSHA', resp_int(5));
+    $fake->set_reply('EVALSHA', resp_array(resp_int(5), resp_int(1)));
     my $ng = nginx_for($fake);
 
     my $res;
@@ -86,8 +86,9 @@ my $KEY = 'presence:{global}';
         $res->{status} == 200;
     }, 5), 'heartbeat through the fake');
     is_deeply($res->{json},
-              { user_id => 'alice', room => 'global', ttl => 10, online => 5 },
-              '  online is the integer redis answered');
+              { user_id => 'alice', room => 'global', ttl => 10, online => 5,
+                sessions => 1 },
+              '  online and sessions are the integers redis answered');
 
     my @cmds = $fake->commands;
     is_deeply([map { [@$_[0 .. 1]] } @cmds[0 .. 1]], [['AUTH', 'pw'], ['SELECT', '2']],
@@ -102,17 +103,21 @@ my $KEY = 'presence:{global}';
     my $e = $rest[0];
     is(uc $e->[0], 'EVALSHA', '  EVALSHA');
     ok($sha{ $e->[1] }, '  with the SHA1 of a loaded script');
-    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice', '10000'],
-              '  1 key, the key, the user, the ttl in ms');
+    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice', '10000', '',
+                                 '16'],
+              '  2 keys (room, sessions), the user, the ttl in ms, no '
+              . 'session, at most 16');
     my $hb_sha = $e->[1];
 
     # leave
-    $fake->set_reply('EVALSHA', resp_int(4));
+    $fake->set_reply('EVALSHA', resp_array(resp_int(4), resp_int(0)));
     $res = $ng->post('/leave', { user_id => 'alice' });
-    is_deeply($res->{json}, { user_id => 'alice', room => 'global', online => 4 },
-              'leave: online is the integer redis answered');
+    is_deeply($res->{json}, { user_id => 'alice', room => 'global', online => 4,
+                              sessions => 0 },
+              'leave: online and sessions are the integers redis answered');
     $e = (evals($fake))[-1];
-    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice'], '  EVALSHA 1 key user');
+    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice', '', '0'],
+              '  EVALSHA 2 keys, user, no session, no grace');
     ok($sha{ $e->[1] } && $e->[1] ne $hb_sha, '  with another script');
     my $leave_sha = $e->[1];
 
@@ -129,8 +134,8 @@ my $KEY = 'presence:{global}';
     my @tx = ($fake->commands)[$n .. $n + 3];
     is_deeply([map { uc $_->[0] } @tx], [qw(MULTI EVALSHA ZREVRANGE EXEC)],
               '  one transaction: MULTI, EVALSHA, ZREVRANGE, EXEC');
-    is_deeply([@{ $tx[1] }[2 .. $#{ $tx[1] }]], ['1', $KEY],
-              '  EVALSHA 1 key');
+    is_deeply([@{ $tx[1] }[2 .. $#{ $tx[1] }]], ['2', $KEY, "$KEY:s"],
+              '  EVALSHA 2 keys');
     is_deeply([@{ $tx[2] }[1 .. 3]], [$KEY, '0', '999'],
               '  ZREVRANGE key 0 999 (limit 1000)');
     my $online_sha = $tx[1][1];
@@ -152,20 +157,22 @@ my $KEY = 'presence:{global}';
               [qw(MULTI EVALSHA EXEC)], '  and no ZREVRANGE');
 
     # lookup
-    $fake->set_reply('EVALSHA', resp_int(7312));
+    $fake->set_reply('EVALSHA', resp_array(resp_int(7312), resp_int(2)));
     $res = $ng->get('/online?user_id=alice');
     is_deeply($res->{json}, { user_id => 'alice', online => JSON::PP::true(),
-                              expires_in_ms => 7312 },
-              'lookup: expires_in_ms is what redis answered');
+                              expires_in_ms => 7312, sessions => 2 },
+              'lookup: expires_in_ms and sessions are what redis answered');
     $e = (evals($fake))[-1];
-    is_deeply([@$e[2 .. $#$e]], ['1', $KEY, 'alice'], '  EVALSHA 1 key user');
+    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice'],
+              '  EVALSHA 2 keys, user');
     ok($sha{ $e->[1] } && !grep({ $_ eq $e->[1] } $hb_sha, $leave_sha,
                                 $online_sha), '  with the fourth script');
 
-    $fake->set_reply('EVALSHA', resp_int(0));
+    $fake->set_reply('EVALSHA', resp_array(resp_int(0), resp_int(0)));
     $res = $ng->get('/online?user_id=alice');
     is_deeply($res->{json}, { user_id => 'alice', online => JSON::PP::false(),
-                              expires_in_ms => 0 }, 'lookup: 0 is offline');
+                              expires_in_ms => 0, sessions => 0 },
+              'lookup: 0 is offline');
 
     is($fake->connections, 1, 'all of it on one connection');
 
@@ -173,7 +180,7 @@ my $KEY = 'presence:{global}';
     # NOSCRIPT -> EVAL with the script text
 
     $fake->set_reply('EVALSHA', resp_err('NOSCRIPT No matching script.'));
-    $fake->set_reply('EVAL', resp_int(9));
+    $fake->set_reply('EVAL', resp_array(resp_int(9), resp_int(1)));
     $n = () = $fake->commands;
     $res = $ng->post('/hb', { user_id => 'bob' });
     is($res->{status}, 200, 'NOSCRIPT: heartbeat still succeeds');
@@ -185,8 +192,9 @@ my $KEY = 'presence:{global}';
     is(uc $last[0][0], 'EVALSHA', '  EVALSHA first');
     is(uc $last[1][0], 'EVAL', '  then EVAL');
     is(sha1_hex($last[1][1]), $hb_sha, '  of the heartbeat script');
-    is_deeply([@{ $last[1] }[2 .. 5]], ['1', $KEY, 'bob', '10000'],
-              '  with the same key and arguments');
+    is_deeply([@{ $last[1] }[2 .. 8]], ['2', $KEY, "$KEY:s", 'bob', '10000',
+                                        '', '16'],
+              '  with the same keys and arguments');
 
     $fake->set_reply('EVAL', resp_err('ERR still broken'));
     $res = $ng->post('/hb', { user_id => 'bob' });
@@ -222,7 +230,11 @@ my $KEY = 'presence:{global}';
         ['/hb',     'a bulk string',   resp_bulk('5')],
         ['/hb',     'nil',             resp_nil()],
         ['/hb',     'a status',        resp_status('OK')],
-        ['/hb',     'an array',        resp_array(resp_int(1))],
+        ['/hb',     'an integer',      resp_int(1)],
+        ['/hb',     'an array of one', resp_array(resp_int(1))],
+        ['/hb',     '[int, bulk]',     resp_array(resp_int(1), resp_bulk('1'))],
+        ['/hb',     '[int, int, int]', resp_array(resp_int(1), resp_int(1),
+                                                  resp_int(1))],
         ['/hb',     'an error',        resp_err('ERR boom')],
         ['/leave',  'a bulk string',   resp_bulk('x')],
         ['/leave',  'an error',        resp_err('WRONGTYPE Operation')],
@@ -237,7 +249,8 @@ my $KEY = 'presence:{global}';
         ['/online', 'nil array',       "*-1\r\n"],
         ['/online', 'an error',        resp_err('ERR boom')],
         ['/online?user_id=a', 'a bulk string', resp_bulk('1000')],
-        ['/online?user_id=a', 'an array', resp_array(resp_int(1))],
+        ['/online?user_id=a', 'an integer', resp_int(1000)],
+        ['/online?user_id=a', 'an array of one', resp_array(resp_int(1))],
         ['/online?user_id=a', 'an error', resp_err('ERR boom')],
     );
     for my $w (@wrong) {
@@ -247,7 +260,7 @@ my $KEY = 'presence:{global}';
                                  : $ng->post($path, { user_id => 'a' });
         api_error_ok($res, 503, 'redis_unavailable', "$path, redis answers $what: 503");
     }
-    $fake->set_reply('EVALSHA', resp_int(2));
+    $fake->set_reply('EVALSHA', resp_array(resp_int(2), resp_int(1)));
     ok(wait_for(sub { $ng->post('/hb', { user_id => 'a' })->{status} == 200 }, 3),
        'a good reply afterwards: 200');
 
@@ -277,7 +290,7 @@ my $KEY = 'presence:{global}';
 {
     my $fake = fake_redis(handler => sub {
         my ($argv, $st) = @_;
-        return fake_std($argv, $st) // [":4", "2\r", "\n"];
+        return fake_std($argv, $st) // ["*2\r\n:4", "2\r", "\n:1\r\n"];
     });
     my $ng = nginx_for($fake);
     my $res;
@@ -299,7 +312,7 @@ my $KEY = 'presence:{global}';
         my $std = fake_std($argv, $st);
         return $std if defined $std;
         my $k = ++$st->{evals};
-        my $reply = resp_int($k);
+        my $reply = resp_array(resp_int($k), resp_int(1));
         return $reply if $k != 2;
         # the second one waits until the test lets it go
         return sub { -e "$st->{dir}/release" ? $reply : undef };
@@ -334,16 +347,17 @@ my $KEY = 'presence:{global}';
 # A heartbeat and a leave of one user; both EVALSHA replies are held
 # until both commands are in.
 
-# the reply to EVALSHA of a heartbeat (6 arguments) and of a leave (5)
+# the reply to EVALSHA of a heartbeat (9 arguments) and of a leave (8)
 sub flush_fake {
     my ($hb, $leave) = @_;
     return fake_redis(handler => sub {
         my ($argv, $st) = @_;
         my $std = fake_std($argv, $st);
         return $std if defined $std;
-        return resp_int(7) if uc $argv->[0] eq 'EVAL';
-        return resp_int(1) if ($argv->[4] // '') ne 'alice';
-        my $r = @$argv == 6 ? $hb : $leave;
+        my $ok = resp_array(resp_int(7), resp_int(1));
+        return $ok if uc $argv->[0] eq 'EVAL';
+        return $ok if ($argv->[5] // '') ne 'alice';
+        my $r = @$argv == 9 ? $hb : $leave;
         return sub { -e "$st->{dir}/release" ? $r : undef };
     });
 }
@@ -364,7 +378,8 @@ sub heartbeat_then_leave {
 for my $case (['the leave ran', 0], ['both refused', 1]) {
     my ($what, $both) = @$case;
     my $noscript = resp_err('NOSCRIPT No matching script.');
-    my $fake = flush_fake($noscript, $both ? $noscript : resp_int(0));
+    my $fake = flush_fake($noscript, $both ? $noscript
+                                           : resp_array(resp_int(0), resp_int(0)));
     my $ng = nginx_for($fake, timeout => 10);
     ok(wait_for(sub { $ng->post('/hb', { user_id => 'x' })->{status} == 200 },
                 10), "$what: connected");
@@ -381,7 +396,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
         is_deeply([map { $_->[0] } @after],
                   [qw(EVALSHA EVALSHA), ('SCRIPT') x 4, qw(EVAL EVAL)],
                   '  as EVAL, once the scripts are loaded again');
-        is_deeply([map { $_->[1] } @after[6, 7]], [6, 5],
+        is_deeply([map { $_->[1] } @after[6, 7]], [9, 8],
                   '  heartbeat first, then the leave');
     } else {
         api_error_ok($hb, 503, 'redis_unavailable',

@@ -26,7 +26,7 @@ my $fake = fake_redis(handler => sub {
     my ($argv, $st) = @_;
     my $std = fake_std($argv, $st);
     return $std if defined $std;
-    my $reply = resp_int(++$st->{evals});
+    my $reply = resp_array(resp_int(++$st->{evals}), resp_int(1));
     my $gate = fake_reply($st, 'hold');
     return $reply unless defined $gate;
     return sub { -e "$st->{dir}/$gate" ? $reply : undef };

@@ -727,6 +727,9 @@ sub snapshot {
             if ($type eq 'zset') {
                 $v = $self->cmd({ db => $db }, 'ZRANGE', $k, 0, -1,
                                 'WITHSCORES');
+            } elsif ($type eq 'hash') {
+                my %h = @{ $self->cmd({ db => $db }, 'HGETALL', $k) };
+                $v = \%h;
             } elsif ($type eq 'string') {
                 $v = $self->cmd({ db => $db }, 'GET', $k);
             } else {
