@@ -32,6 +32,8 @@ static u_char *ngx_http_presence_status_json(u_char *p,
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static ngx_uint_t ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh);
+static ngx_presence_worker_t *ngx_http_presence_next_worker(
+    ngx_http_presence_shctx_t *sh, ngx_uint_t *i);
 static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
 static ngx_atomic_uint_t ngx_http_presence_start_time(ngx_pid_t pid,
     ngx_uint_t *zombie);
@@ -69,6 +71,14 @@ static ngx_http_presence_counter_t  ngx_http_presence_counter_list[] = {
                               "Microseconds from command to reply, summed."),
     ngx_http_presence_counter(redis_rtt_count, "Redis replies timed.")
 };
+
+#define NGX_HTTP_PRESENCE_NCOUNTERS                                           \
+    (sizeof(ngx_http_presence_counter_list)                                   \
+     / sizeof(ngx_http_presence_counter_t))
+
+#define ngx_http_presence_counter_value(sh, i)                                \
+    *(ngx_atomic_t *) ((u_char *) &(sh)->counters                             \
+                       + ngx_http_presence_counter_list[i].offset)
 
 
 /* until the status zone is there, and in processes without a slot */
@@ -121,8 +131,7 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
 
     /* a generous bound: every line at its longest */
 
-    size = (sizeof(ngx_http_presence_counter_list)
-            / sizeof(ngx_http_presence_counter_t)) * 256 + 512
+    size = NGX_HTTP_PRESENCE_NCOUNTERS * 256 + 512
            + NGX_HTTP_PRESENCE_WORKERS * 128;
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -201,38 +210,24 @@ ngx_http_presence_status_text(ngx_http_request_t *r)
 static u_char *
 ngx_http_presence_status_json(u_char *p, ngx_http_presence_shctx_t *sh)
 {
-    ngx_uint_t                    i, n, in_flight;
-    ngx_atomic_t                 *v;
-    ngx_presence_worker_t        *w;
-    ngx_http_presence_counter_t  *c;
+    ngx_uint_t              i, n;
+    ngx_presence_worker_t  *w;
 
     *p++ = '{';
 
-    c = ngx_http_presence_counter_list;
-    n = sizeof(ngx_http_presence_counter_list)
-        / sizeof(ngx_http_presence_counter_t);
-
-    in_flight = ngx_http_presence_in_flight(sh);
-
-    for (i = 0; i < n; i++) {
-        v = (ngx_atomic_t *) ((u_char *) &sh->counters + c[i].offset);
-        p = ngx_sprintf(p, "\"%V\":%uA,", &c[i].name, *v);
+    for (i = 0; i < NGX_HTTP_PRESENCE_NCOUNTERS; i++) {
+        p = ngx_sprintf(p, "\"%V\":%uA,",
+                        &ngx_http_presence_counter_list[i].name,
+                        ngx_http_presence_counter_value(sh, i));
     }
 
-    p = ngx_sprintf(p, "\"redis_in_flight\":%ui,\"workers\":[", in_flight);
+    p = ngx_sprintf(p, "\"redis_in_flight\":%ui,\"workers\":[",
+                    ngx_http_presence_in_flight(sh));
 
-    n = 0;
-
-    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
-        w = &sh->workers[i];
-
-        if (!ngx_http_presence_worker_alive(w)) {
-            continue;
-        }
-
+    for (i = 0, n = 0; (w = ngx_http_presence_next_worker(sh, &i)); n++) {
         p = ngx_sprintf(p, "%s{\"pid\":%uA,\"redis_connected\":%s,"
                         "\"redis_in_flight\":%uA,\"redis_reconnects\":%uA}",
-                        n++ ? "," : "", w->pid,
+                        n ? "," : "", w->pid,
                         w->connected ? "true" : "false",
                         w->in_flight, w->reconnects);
     }
@@ -244,25 +239,19 @@ ngx_http_presence_status_json(u_char *p, ngx_http_presence_shctx_t *sh)
 static u_char *
 ngx_http_presence_status_prometheus(u_char *p, ngx_http_presence_shctx_t *sh)
 {
-    ngx_uint_t                    i, n, in_flight;
-    ngx_atomic_t                 *v;
-    ngx_presence_worker_t        *w;
-    ngx_http_presence_counter_t  *c;
+    ngx_str_t              *name;
+    ngx_uint_t              i;
+    ngx_presence_worker_t  *w;
 
-    c = ngx_http_presence_counter_list;
-    n = sizeof(ngx_http_presence_counter_list)
-        / sizeof(ngx_http_presence_counter_t);
-
-    for (i = 0; i < n; i++) {
-        v = (ngx_atomic_t *) ((u_char *) &sh->counters + c[i].offset);
+    for (i = 0; i < NGX_HTTP_PRESENCE_NCOUNTERS; i++) {
+        name = &ngx_http_presence_counter_list[i].name;
 
         p = ngx_sprintf(p, "# HELP nginx_presence_%V_total %V\n"
                         "# TYPE nginx_presence_%V_total counter\n"
                         "nginx_presence_%V_total %uA\n",
-                        &c[i].name, &c[i].help, &c[i].name, &c[i].name, *v);
+                        name, &ngx_http_presence_counter_list[i].help, name,
+                        name, ngx_http_presence_counter_value(sh, i));
     }
-
-    in_flight = ngx_http_presence_in_flight(sh);
 
     p = ngx_sprintf(p, "# HELP nginx_presence_redis_in_flight "
                     "Commands sent to Redis and not answered yet.\n"
@@ -271,15 +260,11 @@ ngx_http_presence_status_prometheus(u_char *p, ngx_http_presence_shctx_t *sh)
                     "# HELP nginx_presence_redis_connected "
                     "Whether a worker's Redis connection is up.\n"
                     "# TYPE nginx_presence_redis_connected gauge\n",
-                    in_flight);
+                    ngx_http_presence_in_flight(sh));
 
-    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
-        w = &sh->workers[i];
-
-        if (ngx_http_presence_worker_alive(w)) {
-            p = ngx_sprintf(p, "nginx_presence_redis_connected{pid=\"%uA\"} "
-                            "%d\n", w->pid, w->connected ? 1 : 0);
-        }
+    for (i = 0; (w = ngx_http_presence_next_worker(sh, &i)); /* void */) {
+        p = ngx_sprintf(p, "nginx_presence_redis_connected{pid=\"%uA\"} %d\n",
+                        w->pid, w->connected ? 1 : 0);
     }
 
     return p;
@@ -359,17 +344,35 @@ ngx_http_presence_worker(void)
 static ngx_uint_t
 ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
 {
-    ngx_uint_t  i, n;
+    ngx_uint_t              i, n;
+    ngx_presence_worker_t  *w;
 
     n = 0;
 
-    for (i = 0; i < NGX_HTTP_PRESENCE_WORKERS; i++) {
-        if (ngx_http_presence_worker_alive(&sh->workers[i])) {
-            n += sh->workers[i].in_flight;
-        }
+    for (i = 0; (w = ngx_http_presence_next_worker(sh, &i)); /* void */) {
+        n += w->in_flight;
     }
 
     return n;
+}
+
+
+/* the slot of the next live worker from *i on, or NULL */
+
+static ngx_presence_worker_t *
+ngx_http_presence_next_worker(ngx_http_presence_shctx_t *sh, ngx_uint_t *i)
+{
+    ngx_presence_worker_t  *w;
+
+    while (*i < NGX_HTTP_PRESENCE_WORKERS) {
+        w = &sh->workers[(*i)++];
+
+        if (ngx_http_presence_worker_alive(w)) {
+            return w;
+        }
+    }
+
+    return NULL;
 }
 
 
