@@ -15,95 +15,34 @@
 use strict;
 use warnings;
 
-use Cwd qw(abs_path);
-use Digest::SHA qw(sha1_hex);
-use File::Find qw(find);
 use File::Path qw(make_path);
-use File::Temp qw(tempdir);
 use FindBin;
-use POSIX qw(_exit);
+use lib "$FindBin::Bin/lib";
 use Test::More;
 
-my $TOP    = abs_path("$FindBin::Bin/..");
-my $MODULE = "$TOP/build/ngx_http_presence_module.so";
-my $NGINX  = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-my $JQUERY = '/usr/share/javascript/jquery/jquery.min.js';
+use Presence::Test qw(slurp spew free_port);
+use Presence::Test::Install;
 
-plan(skip_all => "module not built ($MODULE); run make") unless -f $MODULE;
+plan(skip_all => "module not built ($BUILT); run make") unless -f $BUILT;
 
-my $tmp = tempdir('presence-install-XXXXXX', TMPDIR => 1,
-                  CLEANUP => !$ENV{TEST_NGINX_LEAVE});
-diag("test directory: $tmp") if $ENV{TEST_NGINX_LEAVE};
+my $tmp = Presence::Test::new_dir('install');
 my $D = "$tmp/root";
 
 # without libjs-jquery, install would apt-get it: hand it a jQuery instead
-my %JQ;
-if (!-f $JQUERY) {
-    $JQUERY = "$tmp/jquery.min.js";
-    open my $fh, '>', $JQUERY or die;
-    print {$fh} "/* stand-in for jquery.min.js */\n";
-    close $fh;
-    %JQ = (JQUERY => $JQUERY);
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<:raw', $path or return undef;
-    local $/;
-    return scalar <$fh>;
-}
-
-sub spew {
-    my ($path, $data) = @_;
-    open my $fh, '>:raw', $path or die "open $path: $!";
-    print {$fh} $data;
-    close $fh or die "close $path: $!";
-}
-
-# (exit code, stdout+stderr) of a command, with extra environment
-sub run {
-    my ($env, @cmd) = @_;
-    my $out = "$tmp/out";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        @ENV{keys %$env} = values %$env;
-        open STDOUT, '>', $out or _exit(127);
-        open STDERR, '>&', \*STDOUT or _exit(127);
-        exec { $cmd[0] } @cmd or _exit(127);
-    }
-    waitpid $pid, 0;
-    return ($? >> 8, slurp($out) // '');
+my ($jquery, %JQ) = ($JQUERY);
+if (!-f $jquery) {
+    $jquery = "$tmp/jquery.min.js";
+    spew($jquery, "/* stand-in for jquery.min.js */\n");
+    %JQ = (JQUERY => $jquery);
 }
 
 sub make {
     my ($target, %arg) = @_;
-    my %var = (%JQ, %arg);
-    # the module is built: make must not rebuild it here (-o), only run
-    # the target as a user would
-    return run({}, 'make', '--no-print-directory', '-s', '-C', $TOP,
-               '-o', $MODULE, $target,
-               map { "$_=$var{$_}" } sort keys %var);
+    return make_target($target, %JQ, %arg);
 }
 
-# every path under $D: type, permissions, size, content hash, link target,
-# and a file's mtime (a directory's changes whenever an entry comes or goes)
-sub listing {
-    my %l;
-    find({ no_chdir => 1, wanted => sub {
-        my $p = $File::Find::name;
-        my $rel = substr($p, length $D) || '/';
-        my @st = lstat $p or die "lstat $p: $!";
-        my $mode = sprintf '%04o', $st[2] & 07777;
-        if (-l _) {
-            $l{$rel} = "link -> " . readlink($p);
-        } elsif (-d _) {
-            $l{$rel} = "dir $mode";
-        } else {
-            $l{$rel} = "file $mode $st[7] $st[9] " . sha1_hex(slurp($p));
-        }
-    } }, $D);
-    return \%l;
-}
+# every path under $D (named without $D)
+sub tree { listing($D, '') }
 
 sub without_mtimes {
     my ($l) = @_;
@@ -147,7 +86,7 @@ sub manifest_paths {
 }
 
 fixture();
-my $before = listing();
+my $before = tree();
 
 ###########################################################################
 # install
@@ -155,37 +94,26 @@ my $before = listing();
 my ($rc, $out) = make('install', DESTDIR => $D);
 is($rc, 0, 'make install DESTDIR=... succeeds') or diag($out);
 
-my $after = listing();
-my $so        = '/usr/lib/nginx/modules/ngx_http_presence_module.so';
-my $available = '/usr/share/nginx/modules-available/mod-http-presence.conf';
-my $enabled   = '/etc/nginx/modules-enabled/50-mod-http-presence.conf';
-my $share     = '/usr/share/nginx-presence';
+my $after = tree();
 
 is_deeply(added($before, $after), [ sort
-    $enabled, $so, $available, $share, "$share/.installed",
-    "$share/html", map("$share/html/$_", qw(index.html app.js style.css)),
-    "$share/vendor", "$share/vendor/jquery.min.js",
+    $ENABLED, $SO, $AVAILABLE, $SHARE, "$SHARE/.installed",
+    "$SHARE/html", map("$SHARE/html/$_", @PAGE),
+    "$SHARE/vendor", "$SHARE/vendor/jquery.min.js",
 ], 'install adds the module, snippet, link, page, jQuery and manifest, nothing else');
 is_deeply(changed($before, $after), [], 'install changes nothing that was there');
-is_deeply(manifest_paths("$D$share/.installed"), added($before, $after),
+is_deeply(manifest_paths("$D$SHARE/.installed"), added($before, $after),
           'the manifest names exactly what install added');
 
-is(slurp("$D$so"), slurp($MODULE), 'the module is the built one');
-like($after->{$so}, qr/^file 0644 /, 'module mode 0644');
-is(slurp("$D$available"), "load_module modules/ngx_http_presence_module.so;\n",
-   'the snippet loads it relative to the prefix, as Debian\'s do');
-is(readlink("$D$enabled"), $available,
-   'modules-enabled/50-mod-http-presence.conf links the snippet, as postinst does');
-for my $f (qw(index.html app.js style.css)) {
-    is(slurp("$D$share/html/$f"), slurp("$TOP/html/$f"), "html/$f installed");
-}
-is(slurp("$D$share/vendor/jquery.min.js"), slurp($JQUERY),
-   "jQuery from libjs-jquery (or JQUERY) installed");
-like($after->{"$share/html"}, qr/^dir 0755$/, 'page directory mode 0755');
+# the module built, the snippet, its link, the page, jQuery from
+# libjs-jquery (or JQUERY)
+installed_ok(root => $D, module => $BUILT, html => "$TOP/html", jquery => $jquery);
+like($after->{$SO}, qr/^file 0644 /, 'module mode 0644');
+like($after->{"$SHARE/html"}, qr/^dir 0755$/, 'page directory mode 0755');
 
 # the stock nginx loads the installed module through the snippet, from
 # DESTDIR: -p makes "modules/" DESTDIR's usr/share/nginx/modules
-my $port = 20000 + $$ % 20000;
+my $port = free_port();
 my $http = <<"EOF";
 events {}
 http {
@@ -198,20 +126,20 @@ http {
     presence_redis 127.0.0.1:6379;
     server {
         listen 127.0.0.1:$port;
-        root $D$share/html;
-        location = /vendor/jquery.min.js { alias $D$share/vendor/jquery.min.js; }
+        root $D$SHARE/html;
+        location = /vendor/jquery.min.js { alias $D$SHARE/vendor/jquery.min.js; }
         location = /api/heartbeat { presence_heartbeat; }
         location = /api/online    { presence_online; }
     }
 }
 EOF
 mkdir "$tmp/conf" or die;
-spew("$tmp/conf/with.conf", "include $D$available;\npid $tmp/conf/nginx.pid;\n$http");
+spew("$tmp/conf/with.conf", "include $D$AVAILABLE;\npid $tmp/conf/nginx.pid;\n$http");
 spew("$tmp/conf/without.conf", "pid $tmp/conf/nginx.pid;\n$http");
-my @t = ($NGINX, '-t', '-p', "$D/usr/share/nginx/", '-e', "$tmp/conf/error.log");
-($rc, $out) = run({}, @t, '-c', "$tmp/conf/with.conf");
+my @t = ($Presence::Test::NGINX, '-t', '-p', "$D/usr/share/nginx/", '-e', "$tmp/conf/error.log");
+($rc, $out) = Presence::Test::run_capture(@t, '-c', "$tmp/conf/with.conf");
 is($rc, 0, 'nginx -t: the snippet from DESTDIR loads the module') or diag($out);
-($rc, $out) = run({}, @t, '-c', "$tmp/conf/without.conf");
+($rc, $out) = Presence::Test::run_capture(@t, '-c', "$tmp/conf/without.conf");
 like($out, qr/unknown directive "presence_redis"/,
      'nginx -t without the snippet knows no presence_* directive');
 
@@ -220,7 +148,7 @@ like($out, qr/unknown directive "presence_redis"/,
 
 ($rc, $out) = make('install', DESTDIR => $D);
 is($rc, 0, 'a second make install succeeds') or diag($out);
-is_deeply(without_mtimes(listing()), without_mtimes($after),
+is_deeply(without_mtimes(tree()), without_mtimes($after),
           'and leaves the same files');
 
 ###########################################################################
@@ -228,27 +156,27 @@ is_deeply(without_mtimes(listing()), without_mtimes($after),
 
 ($rc, $out) = make('uninstall', DESTDIR => $D);
 is($rc, 0, 'make uninstall succeeds') or diag($out);
-is_deeply(listing(), $before, 'uninstall leaves the tree exactly as before install');
+is_deeply(tree(), $before, 'uninstall leaves the tree exactly as before install');
 
 ($rc, $out) = make('uninstall', DESTDIR => $D);
 isnt($rc, 0, 'uninstall with nothing installed fails');
 like($out, qr/nothing was installed/, '... and says so');
-is_deeply(listing(), $before, '... touching nothing');
+is_deeply(tree(), $before, '... touching nothing');
 
 ###########################################################################
 # a file install did not put there is never overwritten
 
-make_path("$D$share/html");
-spew("$D$share/html/index.html", "someone else's\n");
-my $foreign = listing();
+make_path("$D$SHARE/html");
+spew("$D$SHARE/html/index.html", "someone else's\n");
+my $foreign = tree();
 ($rc, $out) = make('install', DESTDIR => $D);
 isnt($rc, 0, 'install refuses when one of its files exists already');
-like($out, qr{\Q$D$share/html/index.html\E}, '... naming it');
-is_deeply(listing(), $foreign, '... and changes nothing');
-unlink "$D$share/html/index.html";
-rmdir "$D$share/html";
-rmdir "$D$share";
-is_deeply(listing(), $before, 'fixture restored');
+like($out, qr{\Q$D$SHARE/html/index.html\E}, '... naming it');
+is_deeply(tree(), $foreign, '... and changes nothing');
+unlink "$D$SHARE/html/index.html";
+rmdir "$D$SHARE/html";
+rmdir "$D$SHARE";
+is_deeply(tree(), $before, 'fixture restored');
 
 ###########################################################################
 # another layout: PREFIX and MODULES_PATH
@@ -260,11 +188,11 @@ ok(-f "$D/opt/nginx/modules/ngx_http_presence_module.so", 'module under MODULES_
 is(slurp("$D/usr/local/share/nginx/modules-available/mod-http-presence.conf"),
    "load_module /opt/nginx/modules/ngx_http_presence_module.so;\n",
    'a modules path outside the prefix: an absolute load_module path');
-is(readlink("$D$enabled"), '/usr/local/share/nginx/modules-available/mod-http-presence.conf',
+is(readlink("$D$ENABLED"), '/usr/local/share/nginx/modules-available/mod-http-presence.conf',
    'the link points at the snippet under PREFIX');
 ok(-f "$D/usr/local/share/nginx-presence/html/index.html", 'page under PREFIX');
 ($rc, $out) = make('uninstall', %other);
 is($rc, 0, 'make uninstall with the same variables') or diag($out);
-is_deeply(listing(), $before, 'leaves the tree as before');
+is_deeply(tree(), $before, 'leaves the tree as before');
 
 done_testing();
