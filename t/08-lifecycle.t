@@ -123,7 +123,7 @@ if ($ENV{TEST_NGINX_VALGRIND}) {
     ok(defined $ng->quit(10), 'quit with commands in flight: nginx exits');
     $fake->touch('gate3');
     $_->finish(1) for @p;
-    check_log($ng);
+    $ng->stop;
 
 } else {
     ###########################################################################
@@ -177,7 +177,7 @@ if ($ENV{TEST_NGINX_VALGRIND}) {
     }
     $st = $ng->quit(5);
     is($st, 0, 'nginx exits with 0 after a graceful quit');
-    check_log($ng);
+    $ng->stop;
 
     # graceful quit while requests wait until the timeout
     $ng = nginx();
@@ -191,7 +191,7 @@ if ($ENV{TEST_NGINX_VALGRIND}) {
     $st = $ng->quit(5);
     is($st, 0, 'then nginx exits with 0');
     ok(time - $t0 < scaled(3.5), '  soon after the timeout');
-    check_log($ng);
+    $ng->stop;
     $fake->touch('gate6');
 }
 
@@ -204,7 +204,7 @@ ok(defined $ng->quit(5), 'TERM with commands in flight: nginx exits');
 ok(time - $t0 < scaled(1.5), '  at once') or diag time - $t0;
 $fake->touch('gate7');
 $_->finish(1) for @p;
-check_log($ng);
+$ng->stop;
 
 $fake->stop;
 

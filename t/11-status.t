@@ -176,7 +176,7 @@ is($after->{leaves}, $before->{leaves}, 'leaves survive reload');
 $ng->post('/hb', { user_id => 'z' });
 is(status()->{heartbeats}, $before->{heartbeats} + 1, 'and go on counting');
 
-check_log($ng);
+$ng->stop;
 
 ###########################################################################
 # A worker that crashed is not listed, nor is its in_flight summed, even
@@ -248,11 +248,7 @@ ok(wait_for(sub {
     or diag explain cstatus(), [$cr->worker_pids];
 $_->finish(5) for @pending;
 
-# the crash itself is the one alert expected
-$cr->stop;
-my @bad = grep { /\[(?:alert|crit|emerg)\]|Sanitizer|runtime error/
-                 && !/worker process $dead exited on signal 9/ }
-          split /\n/, slurp($cr->error_log) . slurp($cr->stderr_log);
-ok(!@bad, 'crash: nothing else in the log') or diag join "\n", @bad;
+# the crash itself is the one alert expected; the library checks the rest
+$cr->allow_in_log(qr/worker process $dead exited on signal 9/);
 
 done_testing;

@@ -367,7 +367,7 @@ EOF
     }
     is($ra->cmd('ZSCORE', 'presence:{global}', 'auth-no'), undef,
        'nothing written without the password');
-    check_log($none, $wrong, $right);
+    $_->stop for $none, $wrong, $right;
 }
 
 ###########################################################################
@@ -442,7 +442,7 @@ EOF
     ok(@answers >= 1 && @answers <= 2,
        'log: an error reply of redis logged once per connection, '
        . 'not once per request') or diag join "\n", @answers;
-    check_log($nl);
+    $nl->stop;
 }
 
 ###########################################################################
@@ -514,7 +514,5 @@ EOF
            '  in Prometheus text neither');
     is($ng->get('/status-local')->{status}, 403, '  behind allow/deny: 403');
 }
-
-check_log($ng);
 
 done_testing;
