@@ -24,9 +24,7 @@ presence_ttl 300s;
 server {
     listen 127.0.0.1:%%PORT%%;
 
-    location = /hb     { presence_heartbeat; }
-    location = /leave  { presence_leave; }
-    location = /online { presence_online; }
+%%API%%
     location = /hbv    { presence_heartbeat $http_x_user; }
     location = /status { presence_status; }
 

@@ -24,9 +24,7 @@ presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;
-    location = /hb     { presence_heartbeat; }
-    location = /leave  { presence_leave; }
-    location = /online { presence_online; }
+%%API%%
     location = /static { }
 }
 EOF

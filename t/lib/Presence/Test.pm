@@ -308,6 +308,13 @@ EOF
 
 # The text of a config: the template above around the caller's http{}
 # block.  %%PORT%%, %%DIR%% and every key of vars are substituted.
+# %%API%% in a test's config: the three locations most tests talk to
+my $API = <<'EOF';
+    location = /hb     { presence_heartbeat; }
+    location = /leave  { presence_leave; }
+    location = /online { presence_online; }
+EOF
+
 sub nginx_conf {
     my (%p) = @_;
     my %v = (
@@ -319,7 +326,8 @@ sub nginx_conf {
     );
     my $text = $TEMPLATE;
     $text =~ s/%%(MODULE|USER|WORKERS|MAIN|HTTP)%%/$v{$1}/g;
-    my %vars = (%{ $p{vars} || {} }, DIR => $p{dir}, PORT => $p{port} // 0);
+    my %vars = (API => $API, %{ $p{vars} || {} },
+                DIR => $p{dir}, PORT => $p{port} // 0);
     $text =~ s/%%(\w+)%%/exists $vars{$1} ? $vars{$1}
                         : croak "config: no value for %%$1%%"/ge;
     return $text;

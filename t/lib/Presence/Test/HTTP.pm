@@ -169,45 +169,38 @@ sub parse_response {
 # is the response the module's JSON error with this status and code?
 sub api_error_ok {
     my ($r, $status, $code, $name) = @_;
-    $name //= "$status $code";
+    return _answer_ok($r, $status, $name // "$status $code", sub {
+        my ($j) = @_;
+        return "body is not a JSON object: " . substr($r->{body} // '', 0, 200)
+            if ref $j ne 'HASH';
+        my @why;
+        push @why, "error is " . ($j->{error} // 'undef')
+            if ($j->{error} // '') ne $code;
+        push @why, 'message missing'
+            unless defined $j->{message} && !ref $j->{message}
+                   && length $j->{message};
+        return @why;
+    });
+}
+
+# a 200 JSON answer of the API?
+sub json_ok {
+    my ($r, $name) = @_;
+    return _answer_ok($r, 200, $name, sub {
+        return defined $_[0] ? () : 'body is not JSON';
+    });
+}
+
+# the status, the headers of every JSON answer, and what $body_why finds
+sub _answer_ok {
+    my ($r, $status, $name, $body_why) = @_;
     my $tb = Test::More->builder;
     my @why;
     if (!$r) {
         push @why, 'no response';
     } else {
         push @why, "status $r->{status}" if $r->{status} != $status;
-        my $j = $r->{json};
-        if (ref $j ne 'HASH') {
-            push @why, "body is not a JSON object: "
-                       . substr($r->{body} // '', 0, 200);
-        } else {
-            push @why, "error is " . ($j->{error} // 'undef')
-                if ($j->{error} // '') ne $code;
-            push @why, 'message missing'
-                unless defined $j->{message} && !ref $j->{message}
-                       && length $j->{message};
-        }
-        my $ct = $r->{headers}{'content-type'} // '';
-        push @why, "content-type '$ct'"
-            unless $ct =~ m{^application/json;\s*charset=utf-8$}i;
-        push @why, 'no Cache-Control: no-store'
-            unless ($r->{headers}{'cache-control'} // '') =~ /\bno-store\b/;
-    }
-    my $ok = $tb->ok(!@why, $name);
-    $tb->diag(join("\n", @why) . "\n" . ($r ? $r->{raw} : '')) unless $ok;
-    return $ok;
-}
-
-# a 200 JSON answer of the API?
-sub json_ok {
-    my ($r, $name) = @_;
-    my $tb = Test::More->builder;
-    my @why;
-    if (!$r) {
-        push @why, 'no response';
-    } else {
-        push @why, "status $r->{status}" if $r->{status} != 200;
-        push @why, 'body is not JSON' unless defined $r->{json};
+        push @why, $body_why->($r->{json});
         my $ct = $r->{headers}{'content-type'} // '';
         push @why, "content-type '$ct'"
             unless $ct =~ m{^application/json;\s*charset=utf-8$}i;
