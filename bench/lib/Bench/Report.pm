@@ -146,6 +146,8 @@ sub verdict {
 # the targets by ratio: [what, figure, against which, bar]
 my @RATIOS = (
     [ 'heartbeat: module vs nginx return 204', 'hb module', 'hb ceiling', 0.5 ],
+    [ 'heartbeat with session_id: module vs nginx return 204', 'hb session',
+      'hb ceiling', 0.5 ],
     [ 'heartbeat: module vs lua-resty-redis', 'hb module', 'hb lua', 2 ],
     [ 'heartbeat: module vs fastapi + redis-py', 'hb module', 'hb fastapi', 10 ],
     [ 'online, 1,000 users, uncached: module vs lua-resty-redis',
@@ -301,7 +303,9 @@ How it measures:
 - heartbeat: POST `{"user_id":"u<n>"}` (application/json), $i{hb_conns} connections,
   $ids distinct ids in turn; the ceiling answers the same requests with
   `return 204`. One heartbeat per contender is checked for status and JSON
-  shape before and after.
+  shape before and after. With session_id (the module only): the same with
+  `{"user_id":"u<n>","session_id":"tab-u<n>"}`, one named session per user,
+  from an empty room.
 - online: GET with $u users online (heartbeated through each contender just
   before, every answer checked), $i{on_conns} connections; the ceiling serves the
   module's answer, byte for byte, as a static file. Each contender's listing is
