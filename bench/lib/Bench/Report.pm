@@ -34,13 +34,18 @@ sub row {
     return $r{m};
 }
 
-# $r->memory(what, users, delta): a row of the Redis memory table; the
-# module's (fig => 1) also counts for the target
+# $r->memory(what, users, delta[, fig]): a row of the Redis memory table;
+# the module's also count for the targets, as "<fig> <users>" ("mem":
+# the default session, "mem s1": one named session per user)
 sub memory {
     my ($self, $what, $users, $delta, $fig) = @_;
     push @{ $self->{mem} }, { what => $what, users => $users, delta => $delta };
-    $self->{fig}{"mem $users"} = { users => $users, delta => $delta } if $fig;
+    $self->{fig}{"$fig $users"} = { users => $users, delta => $delta } if $fig;
 }
+
+# v1's Redis memory per online user (1,000,000 users, one room), which
+# a user with one session may cost at most 1.3 times
+my $V1_BYTES = 109;
 
 sub fmt_rps {
     my $n = sprintf '%.0f', shift;
@@ -195,6 +200,16 @@ sub check_rows {
                    sprintf('%.0f bytes', $b), '≤ 100 bytes (aim)',
                    $b <= 100 ? 'pass' : 'miss' ];
     }
+    for (['mem', 'default session'], ['mem s1', 'one named session']) {
+        my ($f, $what) = @$_;
+        my $m = $fig->{"$f $hi"} or next;
+        my $b = $m->{delta} / $m->{users};
+        push @c, [ sprintf('Redis memory per online user with one session: %s'
+                           . ' (%s users)', $what, fmt_rps($hi)),
+                   sprintf('%.0f bytes (%.2f× %d B)', $b, $b / $V1_BYTES, $V1_BYTES),
+                   sprintf('≤ 1.3 × %d B (%.0f bytes)', $V1_BYTES, 1.3 * $V1_BYTES),
+                   $b <= 1.3 * $V1_BYTES ? 'pass' : 'miss' ];
+    }
     return table([ 'target', 'measured', 'bar', 'result' ], @c);
 }
 
@@ -318,7 +333,11 @@ How it measures:
   (ZADD u1..uN, scores far ahead), then heartbeats with $ids ids drawn from
   the room. Memory: growth of Redis's `used_memory` over the empty instance,
   divided by the users; then the same users in the original's model (a key
-  per user with EX) in the same instance, emptied.
+  per user with EX) in the same instance, emptied; then, emptied again, the
+  same users with named sessions: one each (`tab-u<n>`), then two more each
+  (`tab-u<n>-2`, `-3`), written by the module's own heartbeat script (taken
+  from the module's .so, checked against the one it loaded into Redis)
+  called in a loop inside Redis, and checked through the module's lookup.
 
 ## Results
 
