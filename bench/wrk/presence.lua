@@ -4,7 +4,9 @@
 --                         application/json) to the URL's path, cycling
 --                         through BENCH_IDS prebuilt requests: ids 1..BENCH_IDS,
 --                         or, with BENCH_POP=N, BENCH_IDS ids drawn at random
---                         (fixed seed) from 1..N
+--                         (fixed seed) from 1..N; with BENCH_SESSION=<prefix>,
+--                         each body also names the user's session:
+--                         {"user_id":"u<n>","session_id":"<prefix>u<n>"}
 --   BENCH_MODE=get        GET the URL's path (BENCH_INM: an If-None-Match value)
 --
 -- done() prints one machine-readable line, "BENCH key=value ...", that
@@ -15,6 +17,7 @@ local mode = os.getenv("BENCH_MODE") or "get"
 if mode == "heartbeat" then
     local n   = tonumber(os.getenv("BENCH_IDS") or "10000")
     local pop = tonumber(os.getenv("BENCH_POP") or "0")
+    local sid = os.getenv("BENCH_SESSION") or ""
     local reqs, i = {}, 0
 
     function init(args)
@@ -24,8 +27,11 @@ if mode == "heartbeat" then
         for k = 1, n do
             local id = k
             if pop > 0 then id = math.random(pop) end
-            reqs[k] = wrk.format("POST", path, headers,
-                                 '{"user_id":"u' .. id .. '"}')
+            local body = '{"user_id":"u' .. id .. '"'
+            if sid ~= "" then
+                body = body .. ',"session_id":"' .. sid .. 'u' .. id .. '"'
+            end
+            reqs[k] = wrk.format("POST", path, headers, body .. "}")
         end
     end
 

@@ -34,13 +34,18 @@ sub row {
     return $r{m};
 }
 
-# $r->memory(what, users, delta): a row of the Redis memory table; the
-# module's (fig => 1) also counts for the target
+# $r->memory(what, users, delta[, fig]): a row of the Redis memory table;
+# the module's also count for the targets, as "<fig> <users>" ("mem":
+# the default session, "mem s1": one named session per user)
 sub memory {
     my ($self, $what, $users, $delta, $fig) = @_;
     push @{ $self->{mem} }, { what => $what, users => $users, delta => $delta };
-    $self->{fig}{"mem $users"} = { users => $users, delta => $delta } if $fig;
+    $self->{fig}{"$fig $users"} = { users => $users, delta => $delta } if $fig;
 }
+
+# v1's Redis memory per online user (1,000,000 users, one room), which
+# a user with one session may cost at most 1.3 times
+my $V1_BYTES = 109;
 
 sub fmt_rps {
     my $n = sprintf '%.0f', shift;
@@ -146,6 +151,8 @@ sub verdict {
 # the targets by ratio: [what, figure, against which, bar]
 my @RATIOS = (
     [ 'heartbeat: module vs nginx return 204', 'hb module', 'hb ceiling', 0.5 ],
+    [ 'heartbeat with session_id: module vs nginx return 204', 'hb session',
+      'hb ceiling', 0.5 ],
     [ 'heartbeat: module vs lua-resty-redis', 'hb module', 'hb lua', 2 ],
     [ 'heartbeat: module vs fastapi + redis-py', 'hb module', 'hb fastapi', 10 ],
     [ 'online, 1,000 users, uncached: module vs lua-resty-redis',
@@ -192,6 +199,16 @@ sub check_rows {
                            fmt_rps($hi)),
                    sprintf('%.0f bytes', $b), '≤ 100 bytes (aim)',
                    $b <= 100 ? 'pass' : 'miss' ];
+    }
+    for (['mem', 'default session'], ['mem s1', 'one named session']) {
+        my ($f, $what) = @$_;
+        my $m = $fig->{"$f $hi"} or next;
+        my $b = $m->{delta} / $m->{users};
+        push @c, [ sprintf('Redis memory per online user with one session: %s'
+                           . ' (%s users)', $what, fmt_rps($hi)),
+                   sprintf('%.0f bytes (%.2f× %d B)', $b, $b / $V1_BYTES, $V1_BYTES),
+                   sprintf('≤ 1.3 × %d B (%.0f bytes)', $V1_BYTES, 1.3 * $V1_BYTES),
+                   $b <= 1.3 * $V1_BYTES ? 'pass' : 'miss' ];
     }
     return table([ 'target', 'measured', 'bar', 'result' ], @c);
 }
@@ -301,7 +318,9 @@ How it measures:
 - heartbeat: POST `{"user_id":"u<n>"}` (application/json), $i{hb_conns} connections,
   $ids distinct ids in turn; the ceiling answers the same requests with
   `return 204`. One heartbeat per contender is checked for status and JSON
-  shape before and after.
+  shape before and after. With session_id (the module only): the same with
+  `{"user_id":"u<n>","session_id":"tab-u<n>"}`, one named session per user,
+  from an empty room.
 - online: GET with $u users online (heartbeated through each contender just
   before, every answer checked), $i{on_conns} connections; the ceiling serves the
   module's answer, byte for byte, as a static file. Each contender's listing is
@@ -314,7 +333,11 @@ How it measures:
   (ZADD u1..uN, scores far ahead), then heartbeats with $ids ids drawn from
   the room. Memory: growth of Redis's `used_memory` over the empty instance,
   divided by the users; then the same users in the original's model (a key
-  per user with EX) in the same instance, emptied.
+  per user with EX) in the same instance, emptied; then, emptied again, the
+  same users with named sessions: one each (`tab-u<n>`), then two more each
+  (`tab-u<n>-2`, `-3`), written by the module's own heartbeat script (taken
+  from the module's .so, checked against the one it loaded into Redis)
+  called in a loop inside Redis, and checked through the module's lookup.
 
 ## Results
 
