@@ -383,7 +383,18 @@ test('two tabs of one person: reloading one never unlists her', { timeout: 60000
 });
 
 test('one tab: a reload never unlists her (presence_leave_grace)', { timeout: 60000 }, async () => {
-  const { context, two, three } = tabs;
+  try {
+    await reloadAlone(tabs);
+  } finally {
+    // whatever happened, no Ada on the lists of the tests after this one:
+    // a leave without session_id ends all her sessions at once
+    await tabs.context.close();
+    await fetch(`${BASE}api/leave`, { method: 'POST', body: JSON.stringify({ user_id: TABS }),
+      headers: { 'Content-Type': 'application/json' } });
+  }
+});
+
+async function reloadAlone({ two, three }) {
   await three.page.close({ runBeforeUnload: true });
   await sessionsBelow(TABS, 2, TTL_MS / 2 - SLACK_MS, 'the closed tab\'s leave');
   const id = sessionOf(two);
@@ -403,8 +414,7 @@ test('one tab: a reload never unlists her (presence_leave_grace)', { timeout: 60
   await two.page.getByRole('button', { name: 'Go offline' }).click();
   await until(ada.page, showsNot, TABS, TTL_MS / 2 + GRACE_MS + POLL_MS + SLACK_MS,
     'gone from the observer\'s list after "Go offline" and the grace');
-  await context.close();
-});
+}
 
 test('a tab killed without a leave drops out within the TTL', { timeout: 30000 }, async () => {
   const charles = await open({ noLeave: true });
