@@ -201,6 +201,22 @@ async function reloadHeld(p, check) {
   }
 }
 
+// Reloads one of TABS's tabs (she has `sessions` live ones) while the
+// observer watches her: what the API says once the leave of the page that
+// went away has arrived must be `atLeave`; she is never unlisted, and the
+// tab comes back in the same session.
+async function reloadWatched(p, sessions, atLeave, what) {
+  const id = sessionOf(p);
+  const watching = watch(ada, TABS);
+  const left = await reloadHeld(p,
+    () => sessionsBelow(TABS, sessions, TTL_MS / 2, 'the reloaded tab\'s leave'));
+  assert.deepEqual(left, atLeave, what);
+  await untilSelf(p, TABS, 5000, 'the reloaded tab back online');
+  assertNeverGone(await watching, TABS);
+  assert.equal(sessionOf(p), id, 'the same session after the reload');
+  assert.deepEqual(await apiUser(TABS), { online: true, sessions });
+}
+
 // Every tab's init script: while sessionStorage has test.hold as the page
 // loads, its heartbeats wait for window.__release().
 function holdScript() {
@@ -367,19 +383,11 @@ test('two tabs of one person: reloading one never unlists her', { timeout: 60000
   const { two } = tabs;
   const three = tabs.three = await openTab(tabs.context);
   await untilSelf(three, TABS, 5000, 'a new tab online by itself');
-  const id = sessionOf(three);
   assert.deepEqual(await apiUser(TABS), { online: true, sessions: 2 });
 
   await nextHeartbeat(two);
-  const watching = watch(ada, TABS);
-  const left = await reloadHeld(three,
-    () => sessionsBelow(TABS, 2, TTL_MS / 2, 'the reloaded tab\'s leave'));
-  assert.deepEqual(left, { online: true, sessions: 1 },
+  await reloadWatched(three, 2, { online: true, sessions: 1 },
     'the leave ended the reloaded tab\'s session only');
-  await untilSelf(three, TABS, 5000, 'the reloaded tab back online');
-  assertNeverGone(await watching, TABS);
-  assert.equal(sessionOf(three), id, 'the same session after the reload');
-  assert.deepEqual(await apiUser(TABS), { online: true, sessions: 2 });
 });
 
 test('one tab: a reload never unlists her (presence_leave_grace)', { timeout: 60000 }, async () => {
@@ -397,19 +405,11 @@ test('one tab: a reload never unlists her (presence_leave_grace)', { timeout: 60
 async function reloadAlone({ two, three }) {
   await three.page.close({ runBeforeUnload: true });
   await sessionsBelow(TABS, 2, TTL_MS / 2 - SLACK_MS, 'the closed tab\'s leave');
-  const id = sessionOf(two);
 
-  const watching = watch(ada, TABS);
-  const left = await reloadHeld(two,
-    () => sessionsBelow(TABS, 1, TTL_MS / 2, 'the reloaded tab\'s leave'));
   // her one session is ending, and she is online till the grace is over:
   // without it she would be gone now and back with the next heartbeat
-  assert.deepEqual(left, { online: true, sessions: 0 },
+  await reloadWatched(two, 1, { online: true, sessions: 0 },
     'the leave arrived, and she is still online');
-  await untilSelf(two, TABS, 5000, 'the reloaded tab back online');
-  assertNeverGone(await watching, TABS);
-  assert.equal(sessionOf(two), id, 'the same session after the reload');
-  assert.deepEqual(await apiUser(TABS), { online: true, sessions: 1 });
 
   await two.page.getByRole('button', { name: 'Go offline' }).click();
   await until(ada.page, showsNot, TABS, TTL_MS / 2 + GRACE_MS + POLL_MS + SLACK_MS,
