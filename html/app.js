@@ -2,9 +2,16 @@
  * Who's online: the page ngx_http_presence_module serves.
  *
  * Talks to three locations, relative to this page (README: HTTP API):
- *   POST api/heartbeat {"user_id": name} -> {"user_id","room","ttl","online"}
- *   POST api/leave     {"user_id": name} -> {"user_id","room","online"}
- *   GET  api/online (If-None-Match)      -> {"room","ttl","count","users"} or 304
+ *   POST api/heartbeat {"user_id": name, "session_id": tab}
+ *                      -> {"user_id","room","ttl","online","sessions"}
+ *   POST api/leave     {"user_id": name, "session_id": tab}
+ *                      -> {"user_id","room","online","sessions"}
+ *   GET  api/online (If-None-Match) -> {"room","ttl","count","users"} or 304
+ *
+ * Each tab is a session of its own ("tab-" and 12 hex digits, kept across
+ * a reload): a person is online while any of their tabs is, and a tab's
+ * leave ends its own session only. "sessions" counts the person's live
+ * sessions.
  *
  * User ids go into the page with .text() only, never as HTML.
  */
@@ -35,9 +42,11 @@
   var TIMEOUT_MS = 8000;      // give up on one request after this
   var KEY_NAME = 'presence.name';
   var KEY_ONLINE = 'presence.online';
+  var KEY_SESSION = 'presence.session';   // in sessionStorage, see takeSession
 
   var state = {
     name: '',          // the name we are (or are going) online as
+    session: '',       // this tab's session_id
     wanted: false,     // the person asked to be online
     online: false,     // a heartbeat for `name` has succeeded
     hbFailing: false,  // ...but the latest one did not get through
@@ -55,24 +64,62 @@
   var $name, $goOnline, $goOffline, $nameError, $me, $meText, $users, $count,
       $empty, $more, $banner, $bannerDetail, $room, $ttl;
 
-  /* ---- localStorage, which may be missing or refuse writes ---- */
+  /* ---- storage, which may be missing or refuse writes ---- */
 
-  function store(key, value) {
+  // area: 'localStorage' (the default) or 'sessionStorage'; reading
+  // window[area] itself can throw where storage is disabled
+  function store(key, value, area) {
     try {
+      var storage = window[area || 'localStorage'];
       if (value === null) {
-        window.localStorage.removeItem(key);
+        storage.removeItem(key);
       } else {
-        window.localStorage.setItem(key, value);
+        storage.setItem(key, value);
       }
     } catch (e) { /* private mode or disabled: the page still works */ }
   }
 
-  function recall(key) {
+  function recall(key, area) {
     try {
-      return window.localStorage.getItem(key);
+      return window[area || 'localStorage'].getItem(key);
     } catch (e) {
       return null;
     }
+  }
+
+  /* ---- this tab's session ---- */
+
+  var SESSION_RE = /^tab-[0-9a-f]{12}$/;
+
+  function newSessionId() {
+    var bytes = new Uint8Array(6);
+    var hex = 'tab-';
+    if (window.crypto && typeof window.crypto.getRandomValues === 'function') {
+      window.crypto.getRandomValues(bytes);
+    } else {
+      for (var i = 0; i < bytes.length; i++) {
+        bytes[i] = Math.floor(Math.random() * 256);
+      }
+    }
+    bytes.forEach(function (b) {
+      hex += (b < 16 ? '0' : '') + b.toString(16);
+    });
+    return hex;
+  }
+
+  // The id lives in memory while the page is up and in sessionStorage only
+  // from pagehide (keepSession) until the tab's next page takes it out
+  // again: a reload keeps its session, while a tab duplicated from this
+  // one, which starts with a copy of sessionStorage, finds no id there and
+  // makes its own. Without sessionStorage each load is a new session.
+  function takeSession() {
+    var id = recall(KEY_SESSION, 'sessionStorage');
+    store(KEY_SESSION, null, 'sessionStorage');
+    return typeof id === 'string' && SESSION_RE.test(id) ? id : newSessionId();
+  }
+
+  function keepSession() {
+    store(KEY_SESSION, state.session, 'sessionStorage');
   }
 
   /* ---- replies, which may be anything at all ---- */
@@ -160,12 +207,17 @@
 
   /* ---- requests ---- */
 
+  // what a heartbeat and a leave send: the name and this tab's session
+  function bodyOf(name) {
+    return JSON.stringify({ user_id: name, session_id: state.session });
+  }
+
   function post(url, name) {
     return $.ajax({
       url: url,
       method: 'POST',
       contentType: 'application/json',
-      data: JSON.stringify({ user_id: name }),
+      data: bodyOf(name),
       dataType: 'json',
       timeout: TIMEOUT_MS
     });
@@ -275,13 +327,17 @@
   }
 
   // The tab is going away (closed, reloaded, navigated): say so at once,
-  // so the others see us leave now rather than when the TTL runs out.
-  // A string body goes out as text/plain, which the module accepts.
+  // so the others see this tab's session end now rather than when the TTL
+  // runs out (after presence_leave_grace, if set: a reload heartbeats the
+  // same session again within it, and nobody sees us go). Other tabs of
+  // ours stay online. A string body goes out as text/plain, which the
+  // module accepts.
   function leaveOnExit() {
+    keepSession();
     if (!state.wanted || !state.name) {
       return;
     }
-    var body = JSON.stringify({ user_id: state.name });
+    var body = bodyOf(state.name);
     if (navigator.sendBeacon && navigator.sendBeacon(API_LEAVE, body)) {
       return;
     }
@@ -516,10 +572,12 @@
     $(window).on('pagehide', leaveOnExit);
 
     // Back from the back/forward cache: the leave went out on pagehide, so
-    // come back online and catch up with the list. (jQuery's event does not
-    // copy `persisted`: it is on the browser's own event.)
+    // come back online (the same session) and catch up with the list.
+    // (jQuery's event does not copy `persisted`: it is on the browser's
+    // own event.)
     $(window).on('pageshow', function (e) {
       if (e.originalEvent.persisted) {
+        store(KEY_SESSION, null, 'sessionStorage');   // live again: see takeSession
         if (state.wanted) {
           state.online = false;
           state.hbSeq++;
@@ -536,6 +594,7 @@
       }
     });
 
+    state.session = takeSession();
     var saved = recall(KEY_NAME);
     if (saved) {
       $name.val(saved);

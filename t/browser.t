@@ -1,9 +1,9 @@
 #!/usr/bin/perl
 # The page in a real browser: starts its own redis-server and nginx (the
-# freshly built module, presence_ttl 4s), then runs t/browser/presence.test.mjs
-# (node's test runner driving Debian's chromium through playwright-core) and
-# relays its results as TAP. Stops everything at the end, even on failure,
-# and checks nginx logged no [alert]/[crit]/[emerg].
+# freshly built module, presence_ttl 4s, presence_leave_grace 2s), then runs
+# t/browser/presence.test.mjs (node's test runner driving Debian's chromium
+# through playwright-core) and relays its results as TAP. Stops everything at
+# the end, even on failure, and checks nginx logged no [alert]/[crit]/[emerg].
 #
 #   prove t/browser.t
 #
@@ -38,6 +38,7 @@ my $MODULE = $ENV{TEST_NGINX_MODULE} || "$ROOT/build/ngx_http_presence_module.so
 my $NGINX = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $CHROMIUM = '/usr/bin/chromium';
 my $TTL = $ENV{TEST_BROWSER_TTL} || 4;   # presence_ttl, seconds
+my $GRACE = 2;                           # presence_leave_grace, seconds
 my $NODE_LIMIT = 300;   # seconds the whole browser run may take
 
 plan skip_all => 'the browser test does not run nginx under valgrind'
@@ -247,7 +248,8 @@ http {
         }
 
         location = /api/heartbeat { presence_heartbeat; }
-        location = /api/leave     { presence_leave; }
+        # as nginx.conf.example: a reload is no leave and join
+        location = /api/leave     { presence_leave_grace ${GRACE}s; presence_leave; }
         location = /api/online    { presence_online; }
     }
 }
@@ -278,6 +280,7 @@ my @node = ('node', '--test-reporter=tap', "$ROOT/t/browser/presence.test.mjs");
 my %env = (
     PRESENCE_BASE_URL    => "http://127.0.0.1:$NGINX_PORT/",
     PRESENCE_TTL         => $TTL,
+    PRESENCE_GRACE       => $GRACE,
     PRESENCE_REDIS_STOP  => shq("$TMP/redis-ctl") . ' stop',
     PRESENCE_REDIS_START => shq("$TMP/redis-ctl") . ' start',
     PRESENCE_SHOTS       => $SHOTS,

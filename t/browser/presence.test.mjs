@@ -3,6 +3,7 @@
 // Run by t/browser.t, which starts redis-server and nginx and passes:
 //   PRESENCE_BASE_URL    where nginx serves the page, e.g. http://127.0.0.1:PORT/
 //   PRESENCE_TTL         the presence_ttl nginx runs with, in seconds
+//   PRESENCE_GRACE       its presence_leave_grace on api/leave, in seconds
 //   PRESENCE_REDIS_STOP  shell command that stops Redis (the banner check)
 //   PRESENCE_REDIS_START shell command that starts it again
 //   PRESENCE_SHOTS       folder for the screenshots
@@ -24,8 +25,11 @@ import { chromium } from 'playwright-core';
 
 const BASE = process.env.PRESENCE_BASE_URL;
 const TTL_MS = Number(process.env.PRESENCE_TTL || 10) * 1000;
+const GRACE_MS = Number(process.env.PRESENCE_GRACE || 0) * 1000;
 const POLL_MS = 2000;              // the page's list refresh (html/app.js)
 const SLACK_MS = 600;              // one request's round trip and scheduling
+const SAMPLE_MS = 250;             // "never unlisted": one look every 250 ms...
+const WATCH_MS = 8000;             // ...for this long
 const SHOTS = process.env.PRESENCE_SHOTS
   || fs.mkdtempSync(path.join(os.tmpdir(), 'presence-shots-'));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -39,10 +43,12 @@ const ADA = 'Ada Lovelace';
 const GRACE = 'Grace Hopper';
 const CHARLES = 'Charles Babbage';
 const HOSTILE = '<img src=x onerror=alert(1)>';
+const TABS = 'Ada';            // one person in several tabs of one browser
 
 let browser;
 const pages = [];              // every page opened, for the error check at the end
 let ada;                       // stays open for the whole run: the observer
+let tabs;                      // TABS's tabs, all in one context
 
 before(async () => {
   browser = await chromium.launch({
@@ -75,13 +81,31 @@ async function open(opts = {}) {
     });
     await context.route('**/api/leave', (route) => route.abort());
   }
+  return openTab(context);
+}
+
+// One more tab in the context: it shares localStorage (the name, and
+// whether to go online) with the others, not sessionStorage.
+async function openTab(context) {
   const page = await context.newPage();
-  const p = { context, page, dialogs: [], errors: [] };
+  await page.addInitScript(holdScript);
+  const p = { context, page, dialogs: [], errors: [], sent: [] };
   page.on('dialog', (d) => {
     p.dialogs.push(d.message());
     d.dismiss().catch(() => {});
   });
   page.on('pageerror', (e) => p.errors.push(String(e)));
+  // the session each heartbeat and leave names, in order
+  page.on('request', (r) => {
+    const api = /\/api\/(heartbeat|leave)$/.exec(new URL(r.url()).pathname);
+    if (api) {
+      let body = null;
+      try {
+        body = JSON.parse(r.postData() || '');
+      } catch (e) { /* not JSON: no session */ }
+      p.sent.push({ kind: api[1], session: body && body.session_id });
+    }
+  });
   pages.push(p);
   await page.goto(BASE);
   return p;
@@ -90,10 +114,27 @@ async function open(opts = {}) {
 async function goOnline(p, name) {
   await p.page.getByLabel('Your name').fill(name);
   await p.page.getByRole('button', { name: 'Go online' }).click();
-  await until(p.page, (n) => {
+  await untilSelf(p, name, 5000, `${name} listed as themself`);
+}
+
+function untilSelf(p, name, ms, what) {
+  return until(p.page, (n) => {
     const me = document.querySelector('#users .user.is-self .user-name');
     return me !== null && me.textContent === n;
-  }, name, 5000, `${name} listed as themself`);
+  }, name, ms, what);
+}
+
+// The session the tab's latest heartbeat named.
+function sessionOf(p) {
+  const hb = p.sent.filter((s) => s.kind === 'heartbeat');
+  return hb.length ? hb[hb.length - 1].session : undefined;
+}
+
+// The tab's next heartbeat answered: its next one is TTL/2 away.
+function nextHeartbeat(p) {
+  return p.page.waitForResponse(
+    (r) => r.url().endsWith('/api/heartbeat') && r.status() === 200,
+    { timeout: TTL_MS / 2 + SLACK_MS + 2000 });
 }
 
 // Waits until fn(arg) is true in the page, or fails after ms.
@@ -115,11 +156,115 @@ const shows = (name) => Array.from(document.querySelectorAll('#users .user-name'
 const showsNot = (name) => !Array.from(document.querySelectorAll('#users .user-name'))
   .some((e) => e.textContent === name);
 
-// What the API itself says about one user, straight from node.
-async function apiOnline(name) {
+// What the API itself says about one user, straight from node:
+// { online, sessions }.
+async function apiUser(name) {
   const r = await fetch(`${BASE}api/online?user_id=${encodeURIComponent(name)}`);
   assert.equal(r.status, 200, `GET api/online?user_id=${name}`);
-  return (await r.json()).online;
+  const { online, sessions } = await r.json();
+  return { online, sessions };
+}
+
+async function apiOnline(name) {
+  return (await apiUser(name)).online;
+}
+
+// Asks the API until name has fewer than `than` live sessions (a leave
+// arrived: a session ending after the grace is no longer counted), and
+// returns what it said then; fails after ms.
+async function sessionsBelow(name, than, ms, what) {
+  const t0 = Date.now();
+  for (;;) {
+    const user = await apiUser(name);
+    if (user.sessions < than) {
+      return user;
+    }
+    if (Date.now() - t0 > ms) {
+      throw new Error(`${what}: ${name} still has ${user.sessions} sessions after ${ms} ms`);
+    }
+    await delay(25);
+  }
+}
+
+// Reloads the tab with its heartbeats held until check() has run: the
+// test looks at what the leave of the page that went away did before the
+// reloaded page is back. Returns what check() returned. The holding is in
+// the page (holdScript), not page.route: Chromium loses the pagehide
+// beacon of a page whose requests are intercepted.
+async function reloadHeld(p, check) {
+  await p.page.evaluate(() => sessionStorage.setItem('test.hold', '1'));
+  await p.page.reload();
+  try {
+    return await check();
+  } finally {
+    await p.page.evaluate(() => window.__release());
+  }
+}
+
+// Reloads one of TABS's tabs (she has `sessions` live ones) while the
+// observer watches her: what the API says once the leave of the page that
+// went away has arrived must be `atLeave`; she is never unlisted, and the
+// tab comes back in the same session.
+async function reloadWatched(p, sessions, atLeave, what) {
+  const id = sessionOf(p);
+  const watching = watch(ada, TABS);
+  const left = await reloadHeld(p,
+    () => sessionsBelow(TABS, sessions, TTL_MS / 2, 'the reloaded tab\'s leave'));
+  assert.deepEqual(left, atLeave, what);
+  await untilSelf(p, TABS, 5000, 'the reloaded tab back online');
+  assertNeverGone(await watching, TABS);
+  assert.equal(sessionOf(p), id, 'the same session after the reload');
+  assert.deepEqual(await apiUser(TABS), { online: true, sessions });
+}
+
+// Every tab's init script: while sessionStorage has test.hold as the page
+// loads, its heartbeats wait for window.__release().
+function holdScript() {
+  if (!sessionStorage.getItem('test.hold')) {
+    return;
+  }
+  const { open, send } = XMLHttpRequest.prototype;
+  const held = [];
+  let holding = true;
+  window.__release = () => {
+    sessionStorage.removeItem('test.hold');
+    holding = false;
+    held.splice(0).forEach((go) => go());
+  };
+  XMLHttpRequest.prototype.open = function (method, url, ...rest) {
+    this.testUrl = String(url);
+    return open.call(this, method, url, ...rest);
+  };
+  XMLHttpRequest.prototype.send = function (...args) {
+    if (holding && /api\/heartbeat$/.test(this.testUrl)) {
+      held.push(() => send.apply(this, args));
+      return undefined;
+    }
+    return send.apply(this, args);
+  };
+}
+
+// Looks every SAMPLE_MS for WATCH_MS at whether the observer lists name
+// and the API has them online; resolves to the samples. A person missing
+// for a poll of the list (2 s) or between a leave and the next heartbeat
+// of another tab (TTL/2) cannot slip through.
+async function watch(observer, name) {
+  const samples = [];
+  const t0 = Date.now();
+  while (Date.now() - t0 < WATCH_MS) {
+    const started = Date.now();
+    const [names, user] = await Promise.all([listed(observer.page), apiUser(name)]);
+    samples.push({ at: started - t0, listed: names.includes(name), ...user });
+    await delay(Math.max(0, SAMPLE_MS - (Date.now() - started)));
+  }
+  return samples;
+}
+
+function assertNeverGone(samples, name) {
+  assert.ok(samples.length >= WATCH_MS / SAMPLE_MS / 2,
+    `only ${samples.length} samples in ${WATCH_MS} ms`);
+  assert.deepEqual(samples.filter((s) => !s.listed || !s.online), [],
+    `${name} unlisted or offline in some of ${samples.length} samples`);
 }
 
 function shot(p, file, opts = {}) {
@@ -183,35 +328,93 @@ test('a reload keeps the name and goes back online', { timeout: 20000 }, async (
   const grace = pages[1];
   await grace.page.reload();
   assert.equal(await grace.page.inputValue('#name'), GRACE, 'name box after reload');
-  await until(grace.page, (n) => {
-    const me = document.querySelector('#users .user.is-self .user-name');
-    return me !== null && me.textContent === n;
-  }, GRACE, 5000, 'Grace back online after reload');
+  await untilSelf(grace, GRACE, 5000, 'Grace back online after reload');
   await until(ada.page, shows, GRACE, POLL_MS + SLACK_MS + 1000, 'Ada sees Grace again');
 });
 
-test('closing a tab sends a leave: gone from the others within 2 s', { timeout: 20000 }, async (t) => {
+test('closing a tab sends a leave: gone from the others after the grace', { timeout: 20000 }, async (t) => {
   const grace = pages[1];
   await until(ada.page, shows, GRACE, 5000, 'Ada sees Grace');
   const t0 = Date.now();
   await grace.page.close({ runBeforeUnload: true });
 
-  // Gone from the API well before the TTL could have dropped her: only the
-  // beacon can do that (her last heartbeat is at most TTL/2 old).
-  let gone = false;
-  while (!gone && Date.now() - t0 < TTL_MS / 2 - SLACK_MS) {
-    gone = !(await apiOnline(GRACE));
-    if (!gone) {
-      await delay(25);
-    }
-  }
-  assert.ok(gone, 'the leave beacon reached the server');
+  // Her session ends (after the grace) well before the TTL could have
+  // dropped it: only the beacon can do that (her last heartbeat is at
+  // most TTL/2 old).
+  await sessionsBelow(GRACE, 1, TTL_MS / 2 - SLACK_MS, 'the leave beacon');
 
-  await until(ada.page, showsNot, GRACE, Math.max(1, POLL_MS + SLACK_MS - (Date.now() - t0)),
+  await until(ada.page, showsNot, GRACE,
+    Math.max(1, GRACE_MS + POLL_MS + SLACK_MS - (Date.now() - t0)),
     'Grace gone from Ada\'s list');
   t.diagnostic(`gone from the other list ${Date.now() - t0} ms after the tab closed`);
   await grace.context.close();
 });
+
+// Sessions: each tab is one. The observer (Ada Lovelace's page, another
+// context) must never lose TABS while one of her tabs goes away or reloads.
+
+test('two tabs of one person: closing one never unlists her', { timeout: 60000 }, async () => {
+  const context = await browser.newContext();
+  const one = await openTab(context);
+  await goOnline(one, TABS);
+  const two = await openTab(context);     // the name is remembered: it joins by itself
+  await untilSelf(two, TABS, 5000, 'the second tab online by itself');
+  tabs = { context, one, two };
+
+  assert.match(sessionOf(one), /^tab-[0-9a-f]{12}$/, 'the first tab names a session');
+  assert.match(sessionOf(two), /^tab-[0-9a-f]{12}$/, 'the second tab names a session');
+  assert.notEqual(sessionOf(one), sessionOf(two), 'a session each');
+  assert.deepEqual(await apiUser(TABS), { online: true, sessions: 2 });
+  await until(ada.page, shows, TABS, POLL_MS + SLACK_MS + 1000, 'the observer sees her');
+
+  // right after the other tab's heartbeat: a leave that ended all of her
+  // sessions would have her offline until its next one, TTL/2 away
+  await nextHeartbeat(two);
+  const watching = watch(ada, TABS);
+  await one.page.close({ runBeforeUnload: true });
+  // well before the TTL could have ended that session: the beacon did
+  assert.deepEqual(await sessionsBelow(TABS, 2, TTL_MS / 2 - SLACK_MS, 'the closed tab\'s leave'),
+    { online: true, sessions: 1 }, 'the leave ended the closed tab\'s session only');
+  assertNeverGone(await watching, TABS);
+  assert.deepEqual(await apiUser(TABS), { online: true, sessions: 1 });
+});
+
+test('two tabs of one person: reloading one never unlists her', { timeout: 60000 }, async () => {
+  const { two } = tabs;
+  const three = tabs.three = await openTab(tabs.context);
+  await untilSelf(three, TABS, 5000, 'a new tab online by itself');
+  assert.deepEqual(await apiUser(TABS), { online: true, sessions: 2 });
+
+  await nextHeartbeat(two);
+  await reloadWatched(three, 2, { online: true, sessions: 1 },
+    'the leave ended the reloaded tab\'s session only');
+});
+
+test('one tab: a reload never unlists her (presence_leave_grace)', { timeout: 60000 }, async () => {
+  try {
+    await reloadAlone(tabs);
+  } finally {
+    // whatever happened, no Ada on the lists of the tests after this one:
+    // a leave without session_id ends all her sessions at once
+    await tabs.context.close();
+    await fetch(`${BASE}api/leave`, { method: 'POST', body: JSON.stringify({ user_id: TABS }),
+      headers: { 'Content-Type': 'application/json' } });
+  }
+});
+
+async function reloadAlone({ two, three }) {
+  await three.page.close({ runBeforeUnload: true });
+  await sessionsBelow(TABS, 2, TTL_MS / 2 - SLACK_MS, 'the closed tab\'s leave');
+
+  // her one session is ending, and she is online till the grace is over:
+  // without it she would be gone now and back with the next heartbeat
+  await reloadWatched(two, 1, { online: true, sessions: 0 },
+    'the leave arrived, and she is still online');
+
+  await two.page.getByRole('button', { name: 'Go offline' }).click();
+  await until(ada.page, showsNot, TABS, TTL_MS / 2 + GRACE_MS + POLL_MS + SLACK_MS,
+    'gone from the observer\'s list after "Go offline" and the grace');
+}
 
 test('a tab killed without a leave drops out within the TTL', { timeout: 30000 }, async () => {
   const charles = await open({ noLeave: true });
@@ -239,13 +442,18 @@ test('a hostile name shows as text, never as HTML', { timeout: 20000 }, async ()
   await shot(mallory, 'hostile-name.png');
 });
 
-test('"Go offline" leaves at once and stays offline across a reload', { timeout: 20000 }, async () => {
+test('"Go offline" ends the tab\'s session and stays offline across a reload', { timeout: 20000 }, async () => {
   const mallory = pages[pages.length - 1];
-  const t0 = Date.now();
+  const left = mallory.page.waitForResponse((r) => r.url().endsWith('/api/leave'),
+    { timeout: TTL_MS / 2 + SLACK_MS });
   await mallory.page.getByRole('button', { name: 'Go offline' }).click();
-  await until(ada.page, showsNot, HOSTILE, POLL_MS + SLACK_MS, 'gone from Ada\'s list');
+  const r = await left;
+  assert.equal(JSON.parse(r.request().postData()).session_id, sessionOf(mallory),
+    'the leave names the tab\'s session');
+  assert.equal((await r.json()).sessions, 0, 'the session ends');
+  await until(ada.page, showsNot, HOSTILE, GRACE_MS + POLL_MS + SLACK_MS,
+    'gone from Ada\'s list after the grace');
   assert.equal(await apiOnline(HOSTILE), false);
-  assert.ok(Date.now() - t0 < TTL_MS, 'left before the TTL');
   assert.equal(await mallory.page.getAttribute('#me', 'data-state'), 'offline');
 
   await mallory.page.reload();
