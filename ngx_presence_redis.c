@@ -868,6 +868,12 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
 
     ngx_presence_redis_conn_init(conn, rds, cycle->log);
 
+    /*
+     * The first handshake's timer counts from the cached clock, which the
+     * start of a worker (or valgrind) may have left seconds behind.
+     */
+    ngx_time_update();
+
     ngx_presence_redis_connect(conn);
 
     return rds;

@@ -381,6 +381,7 @@ sub keep_dirs_in {
 sub start_nginx_conf {
     my ($text, %o) = @_;
     my $ng = start_nginx('', %o, no_start => 1);
+    $ng->{own_port} = 0;    # a port taken meanwhile: no template to redo
     $text =~ s/%%(DIR|PORT)%%/$1 eq 'DIR' ? $ng->dir : $ng->port/ge;
     spew($ng->{conf}, $text);
     $ng->start unless $o{no_start};

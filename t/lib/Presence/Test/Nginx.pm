@@ -21,7 +21,7 @@ sub new {
     my $dir = Presence::Test::new_dir('nginx');
     my $self = bless {
         dir => $dir, port => $o{port} // Presence::Test::free_port(),
-        workers => $o{workers} // 1,
+        workers => $o{workers} // 1, own_port => !defined $o{port},
     }, $class;
     # valgrind runs one nginx process, with no workers to count or reload
     if ($ENV{TEST_NGINX_VALGRIND} && $self->{workers} > 1) {
@@ -34,9 +34,9 @@ sub new {
         Presence::Test::spew("$dir/html/$f", $o{files}{$f});
     }
     $self->{conf} = "$dir/nginx.conf";
-    Presence::Test::spew($self->{conf}, Presence::Test::nginx_conf(
-        %o, http => $http, dir => $dir, port => $self->{port},
-        workers => $self->{workers}));
+    $self->{conf_args} = { %o, http => $http, dir => $dir,
+                           workers => $self->{workers} };
+    $self->_write_conf;
     Presence::Test::_own($self);
     $self->start unless $o{no_start};
     return $self;
@@ -69,27 +69,69 @@ sub command {
     return (@cmd, @extra);
 }
 
+sub _write_conf {
+    my ($self) = @_;
+    Presence::Test::spew($self->{conf}, Presence::Test::nginx_conf(
+        %{ $self->{conf_args} }, port => $self->{port}));
+}
+
+# Is the port listened on by this nginx, not by some other process?
+# (free_port's port is free only until someone takes it: other tests on
+# the machine take ports too, and valgrind takes seconds to start nginx.)
+sub _listening {
+    my ($self) = @_;
+    my %inode;
+    for my $line (split /\n/, Presence::Test::slurp('/proc/net/tcp')) {
+        my @f = split ' ', $line;
+        next unless @f > 9 && $f[3] eq '0A' && $f[1] =~ /:([0-9A-F]{4})$/;
+        $inode{ $f[9] } = 1 if hex($1) == $self->{port};
+    }
+    return 0 unless %inode;
+    opendir my $d, "/proc/$self->{pid}/fd" or return 0;
+    for (readdir $d) {
+        my $l = readlink "/proc/$self->{pid}/fd/$_" // next;
+        return 1 if $l =~ /^socket:\[(\d+)\]$/ && $inode{$1};
+    }
+    return 0;
+}
+
 sub start {
     my ($self) = @_;
     croak "nginx already running" if $self->{pid};
+    my @size = map { -s $_ // 0 } $self->error_log, $self->stderr_log;
     $self->{pid} = Presence::Test::spawn([$self->command],
                                          $self->stderr_log, $self->stderr_log);
     $self->{started} = 1;
     my $up = Presence::Test::wait_for(sub {
         my $st = Presence::Test::wait_exit($self->{pid}, 0);
         if (defined $st) {
-            delete $self->{pid};
-            croak "nginx exited with status $st:\n"
-                . Presence::Test::slurp($self->stderr_log)
-                . Presence::Test::slurp($self->error_log);
+            my $pid = delete $self->{pid};
+            my $why = Presence::Test::slurp($self->stderr_log)
+                      . Presence::Test::slurp($self->error_log);
+            # someone else took the port: once more on another, and the
+            # logs lose the lines of this attempt (an [emerg], and what
+            # valgrind says of an nginx that exits at once)
+            if ($self->{own_port} && ++$self->{port_tries} < 5
+                && $why =~ /bind\(\) to \S+:$self->{port} failed \(\d+: Address already in use\)/)
+            {
+                truncate $self->error_log, $size[0];
+                truncate $self->stderr_log, $size[1];
+                unlink "$self->{dir}/valgrind.$pid.log";
+                $self->{port} = Presence::Test::free_port();
+                $self->_write_conf;
+                return 'again';
+            }
+            croak "nginx exited with status $st:\n$why";
         }
         my @w = $self->worker_pids;
         return 0 if !$ENV{TEST_NGINX_VALGRIND} && @w < $self->{workers};
+        return 0 unless $self->_listening;
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                       PeerPort => $self->{port},
                                       Proto => 'tcp');
         return $s ? 1 : 0;
     }, 10);
+    return $self->start if ($up // '') eq 'again';
     croak "nginx did not start:\n" . Presence::Test::slurp($self->error_log)
         unless $up;
     return $self;
