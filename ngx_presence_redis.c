@@ -351,7 +351,11 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     for (i = 0; i < nargs; i++) {
         cmd->argv[5 + i] = (char *) p;
         cmd->argvlen[5 + i] = args[i].len;
-        p = ngx_cpymem(p, args[i].data, args[i].len);
+
+        /* an empty argument (no session) may have no data at all */
+        if (args[i].len) {
+            p = ngx_cpymem(p, args[i].data, args[i].len);
+        }
     }
 
     return cmd;
