@@ -31,6 +31,9 @@ static ngx_int_t ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd,
     redisReply *reply);
 static void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd,
     redisReply *reply);
+static ngx_presence_cmd_t *ngx_presence_redis_dequeue(ngx_queue_t *queue);
+static void ngx_presence_redis_send_queue(ngx_presence_conn_t *conn,
+    ngx_queue_t *queue);
 
 
 /*
@@ -691,18 +694,33 @@ ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply)
 void
 ngx_presence_redis_fail_queue(ngx_queue_t *queue)
 {
+    ngx_presence_cmd_t  *cmd;
+
+    while ((cmd = ngx_presence_redis_dequeue(queue))) {
+        ngx_presence_redis_finish(cmd, NULL);
+    }
+}
+
+
+/* the first command of a queue, taken off it; NULL when it is empty */
+
+static ngx_presence_cmd_t *
+ngx_presence_redis_dequeue(ngx_queue_t *queue)
+{
     ngx_queue_t         *q;
     ngx_presence_cmd_t  *cmd;
 
-    while (!ngx_queue_empty(queue)) {
-        q = ngx_queue_head(queue);
-        ngx_queue_remove(q);
-
-        cmd = ngx_queue_data(q, ngx_presence_cmd_t, queue);
-        cmd->queued = 0;
-
-        ngx_presence_redis_finish(cmd, NULL);
+    if (ngx_queue_empty(queue)) {
+        return NULL;
     }
+
+    q = ngx_queue_head(queue);
+    ngx_queue_remove(q);
+
+    cmd = ngx_queue_data(q, ngx_presence_cmd_t, queue);
+    cmd->queued = 0;
+
+    return cmd;
 }
 
 
@@ -746,22 +764,19 @@ ngx_presence_redis_load_scripts(ngx_presence_conn_t *conn)
 void
 ngx_presence_redis_flush(ngx_presence_conn_t *conn)
 {
-    ngx_queue_t         *q, *queue;
+    ngx_presence_redis_send_queue(conn, &conn->retry);
+    ngx_presence_redis_send_queue(conn, &conn->waiting);
+}
+
+
+static void
+ngx_presence_redis_send_queue(ngx_presence_conn_t *conn, ngx_queue_t *queue)
+{
     ngx_presence_cmd_t  *cmd;
 
-    for (queue = &conn->retry; queue; queue = (queue == &conn->retry)
-                                              ? &conn->waiting : NULL)
-    {
-        while (!ngx_queue_empty(queue)) {
-            q = ngx_queue_head(queue);
-            ngx_queue_remove(q);
-
-            cmd = ngx_queue_data(q, ngx_presence_cmd_t, queue);
-            cmd->queued = 0;
-
-            if (conn->broken || ngx_presence_redis_send(cmd) != NGX_OK) {
-                ngx_presence_redis_finish(cmd, NULL);
-            }
+    while ((cmd = ngx_presence_redis_dequeue(queue))) {
+        if (conn->broken || ngx_presence_redis_send(cmd) != NGX_OK) {
+            ngx_presence_redis_finish(cmd, NULL);
         }
     }
 }
