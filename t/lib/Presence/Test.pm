@@ -26,17 +26,12 @@ use strict;
 use warnings;
 
 use Carp qw(croak);
-use Digest::SHA qw(sha1_hex);
 use Exporter qw(import);
 use File::Spec;
 use File::Temp qw(tempdir);
 use FindBin;
-use IO::Select;
 use IO::Socket::INET;
-use IO::Socket::UNIX;
-use JSON::PP;
 use POSIX qw(WNOHANG _exit);
-use Socket qw(SOCK_STREAM);
 use Test::More ();
 use Test2::API qw(test2_add_callback_testing_done);
 use Time::HiRes qw(time sleep);
@@ -78,7 +73,6 @@ sub die_with_parent {
     syscall($nr, 1, 15);            # prctl(PR_SET_PDEATHSIG, SIGTERM)
 }
 
-my $JSON = JSON::PP->new->utf8->allow_nonref;
 my $BASE;
 my $SEQ = 0;
 my @OWNED;          # every process object started here, stopped in END

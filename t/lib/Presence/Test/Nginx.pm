@@ -9,7 +9,6 @@ use warnings;
 use parent -norequire, 'Presence::Test::HTTP';
 
 use Carp qw(croak);
-use IO::Select;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
