@@ -179,7 +179,8 @@ sub err { is_err($_[0]) ? $_[0]->message : '' }
            'cluster: the victim\'s own replica');
         is($c->node_for_key($vkey), $prom, 'cluster: it serves the victim\'s slots');
         is($prom->cmd('GET', $vkey), $vkey =~ /room(\d+)/ && "v$1",
-           'cluster: with the victim\'s data'); or diag $prom->cmd('INFO', 'replication'),
+           'cluster: with the victim\'s data')
+            or diag $prom->cmd('INFO', 'replication'),
             $prom->cmd('INFO', 'keyspace'), Presence::Test::slurp("$prom->{dir}/redis.log");
         is(scalar $c->masters, 3, 'cluster: three masters again');
     }
