@@ -167,7 +167,10 @@ sub err { is_err($_[0]) ? $_[0]->message : '' }
     # kill -9 of a master: its replica is promoted (3-4.4 s here)
     my $victim = $m[2];
     my $vkey = $key_of{ $victim->port };
-    is($victim->cmd('WAIT', 1, 2000), 1, 'cluster: the victim\'s write reached its replica');
+    # WAIT counts what this connection wrote: write again, then WAIT
+    is(($victim->pipeline(['SET', $vkey, $vkey =~ /room(\d+)/ && "v$1"],
+                          ['WAIT', 1, 5000]))[1], 1,
+       'cluster: the victim\'s write reached its replica');
     my $t0 = time;
     $c->kill_master($victim);
     my $prom = $c->wait_promotion($victim, 10);
@@ -187,7 +190,9 @@ sub err { is_err($_[0]) ? $_[0]->message : '' }
 
     # CLUSTER FAILOVER on a replica of a live master ($b, which has the
     # migrated slot): quick, nothing lost
-    is($b->cmd('WAIT', 1, 2000), 1, 'cluster: $b\'s writes reached its replica');
+    is(($b->pipeline(['SET', 'presence:{' . $tag . '}:last', 'x'], ['WAIT', 1, 5000]))[1], 1,
+       'cluster: $b\'s writes reached its replica');
+    $written++;
     my ($rep) = $c->replicas_of($b);
     $t0 = time;
     is($c->failover($rep, undef, 5), $rep,

@@ -474,7 +474,7 @@ sub _view_key {
 # '' when ready, else why not: every running node says cluster_state:ok,
 # and they all see the same nodes, roles, masters, failures and slots,
 # with no handshake going on; the masters not failed hold all 16384 slots;
-# every running replica's link to its master is up
+# every running replica's link to its master is up, at both ends
 sub why_not_ready {
     my ($self) = @_;
     my $first;
@@ -483,12 +483,17 @@ sub why_not_ready {
         return "$node->{port}: not cluster_state:ok" unless !ref $info && $info =~ /^cluster_state:ok/m;
         my $v = $self->view($node) or return "$node->{port}: no CLUSTER NODES";
         return "$node->{port}: a node in handshake" if grep { $_->{handshake} || $_->{role} eq '?' } @$v;
+        # a replica says its link is up once the RDB is loaded, but its
+        # master streams the writes made since only after the replica's
+        # first ACK (up to 1 s later): both ends must say so
         my ($me) = grep { $_->{flags} =~ /myself/ } @$v;
-        if ($me && $me->{role} eq 'slave') {
-            my $repl = eval { $node->cmd('INFO', 'replication') } // '';
-            return "$node->{port}: replica not in sync"
-                unless !ref $repl && $repl =~ /^master_link_status:up/m;
-        }
+        my $repl = eval { $node->cmd('INFO', 'replication') } // '';
+        $repl = '' if ref $repl;
+        return "$node->{port}: replica not in sync"
+            if $me && $me->{role} eq 'slave'
+                && $repl !~ /^master_link_status:up/m;
+        return "$node->{port}: a replica not online"
+            if grep { !/state=online/ } $repl =~ /^slave\d+:(.*)$/mg;
         my $k = _view_key($v);
         if (!defined $first) {
             $first = $k;
