@@ -26,6 +26,8 @@ static char *ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_presence_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
+static char *ngx_http_presence_redis_sentinel(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -79,6 +81,20 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       ngx_http_presence_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("presence_redis_sentinel"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_presence_redis_sentinel,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_redis_sentinel_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, redis.sentinel_password),
       NULL },
 
     { ngx_string("presence_redis_password"),
@@ -329,6 +345,9 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
      *     pmcf->redis.host = { 0, NULL };
      *     pmcf->redis.path = { 0, NULL };
      *     pmcf->redis.password = { 0, NULL };
+     *     pmcf->redis.master = { 0, NULL };
+     *     pmcf->redis.sentinels = NULL;
+     *     pmcf->redis.sentinel_password = { 0, NULL };
      *     pmcf->shm_zone = NULL;
      *     pmcf->used = 0;
      *     pmcf->rds = NULL;
@@ -349,7 +368,16 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_str_t  addr;
 
-    if (pmcf->redis.name.data == NULL) {
+    if (pmcf->redis.sentinel_password.data
+        && pmcf->redis.sentinels == NULL)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_redis_sentinel_password\" needs "
+                           "\"presence_redis_sentinel\"");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->redis.name.data == NULL && pmcf->redis.sentinels == NULL) {
         ngx_str_set(&addr, "127.0.0.1:6379");
 
         if (ngx_presence_redis_parse_address(cf, &pmcf->redis, &addr)
@@ -514,9 +542,36 @@ ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    if (pmcf->redis.sentinels) {
+        return "conflicts with \"presence_redis_sentinel\"";
+    }
+
     value = cf->args->elts;
 
     return ngx_presence_redis_parse_address(cf, &pmcf->redis, &value[1]);
+}
+
+
+static char *
+ngx_http_presence_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (pmcf->redis.sentinels) {
+        return "is duplicate";
+    }
+
+    if (pmcf->redis.name.data) {
+        return "conflicts with \"presence_redis\"";
+    }
+
+    value = cf->args->elts;
+
+    return ngx_presence_redis_parse_sentinel(cf, &pmcf->redis, &value[1],
+                                             cf->args->nelts - 1);
 }
 
 

@@ -68,6 +68,9 @@ static ngx_http_presence_counter_t  ngx_http_presence_counter_list[] = {
                               "Requests answered 504: Redis too slow."),
     ngx_http_presence_counter(redis_reconnects,
                               "Redis connections opened again after a drop."),
+    ngx_http_presence_counter(redis_failovers,
+                              "Redis masters followed to a new address "
+                              "(Sentinel)."),
     ngx_http_presence_counter(redis_rtt_us_sum,
                               "Microseconds from command to reply, summed."),
     ngx_http_presence_counter(redis_rtt_count, "Redis replies timed."),

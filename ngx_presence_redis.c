@@ -29,11 +29,16 @@ static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
 static void ngx_presence_redis_refused(ngx_presence_cmd_t *cmd);
 static ngx_int_t ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd,
     redisReply *reply);
+static ngx_int_t ngx_presence_redis_readonly(ngx_presence_cmd_t *cmd,
+    redisReply *reply);
 static void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd,
     redisReply *reply);
 static ngx_presence_cmd_t *ngx_presence_redis_dequeue(ngx_queue_t *queue);
 static void ngx_presence_redis_send_queue(ngx_presence_conn_t *conn,
     ngx_queue_t *queue);
+static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
+    ngx_presence_addr_t *addr, ngx_str_t *value, char *directive,
+    ngx_uint_t unix_ok);
 
 
 /*
@@ -637,7 +642,7 @@ ngx_presence_redis_unexpected(ngx_presence_redis_t *rds, redisReply *reply)
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
                       "presence: redis at \"%V\" answers an error, requests "
                       "get 503 (logged once per connection): %*s",
-                      &rds->conf->name, (size_t) reply->len, reply->str);
+                      &rds->master.name, (size_t) reply->len, reply->str);
         return;
     }
 
@@ -645,7 +650,7 @@ ngx_presence_redis_unexpected(ngx_presence_redis_t *rds, redisReply *reply)
                   "presence: redis at \"%V\" answers a reply of type %d "
                   "where the scripts give another, requests get 503 "
                   "(logged once per connection)",
-                  &rds->conf->name, reply->type);
+                  &rds->master.name, reply->type);
 }
 
 
@@ -681,6 +686,25 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     {
         ngx_presence_redis_refused(cmd);
         return;
+    }
+
+    if (reply && rds->sentinel && conn->ac == ac && !rds->exiting
+        && ngx_presence_redis_readonly(cmd, reply))
+    {
+        /*
+         * A replica: Sentinel has made this master one since the
+         * handshake.  The request gets 503; the connection goes to
+         * where the sentinels say the master is now, through ROLE again.
+         */
+
+        if (!conn->moved) {
+            ngx_log_error(NGX_LOG_ERR, rds->log, 0,
+                          "presence: redis at \"%V\" is read-only, asking "
+                          "the sentinels", &rds->master.name);
+        }
+
+        ngx_presence_redis_move(conn);
+        ngx_presence_redis_sentinel_ask(rds);
     }
 
     if (reply && !ngx_queue_empty(&conn->retry)) {
@@ -765,6 +789,24 @@ ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd, redisReply *reply)
            && (ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
                || (cmd->script == NGX_PRESENCE_ONLINE
                    && ngx_strncmp(reply->str, "EXECABORT", 9) == 0));
+}
+
+
+/* READONLY, for a command or, in a listing, for the script in the MULTI */
+
+static ngx_int_t
+ngx_presence_redis_readonly(ngx_presence_cmd_t *cmd, redisReply *reply)
+{
+    if (cmd->script == NGX_PRESENCE_ONLINE
+        && reply->type == REDIS_REPLY_ARRAY
+        && reply->elements > 0)
+    {
+        reply = reply->element[0];
+    }
+
+    return reply->type == REDIS_REPLY_ERROR
+           && reply->len >= 8
+           && ngx_strncmp(reply->str, "READONLY", 8) == 0;
 }
 
 
@@ -876,36 +918,122 @@ char *
 ngx_presence_redis_parse_address(ngx_conf_t *cf,
     ngx_presence_redis_conf_t *rcf, ngx_str_t *value)
 {
+    ngx_presence_addr_t  addr;
+
+    if (ngx_presence_redis_parse_addr(cf, &addr, value, "presence_redis", 1)
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->name = addr.name;
+    rcf->host = addr.host;
+    rcf->path = addr.path;
+    rcf->port = addr.port;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * presence_redis_sentinel NAME ADDRESS...: each sentinel's address is
+ * resolved here, like presence_redis's; a unix socket is refused, the
+ * workers reach sentinels over TCP only
+ */
+
+char *
+ngx_presence_redis_parse_sentinel(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n)
+{
+    ngx_uint_t            i, j;
+    ngx_presence_addr_t  *addr, *a;
+
+    if (values[0].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty master name in the "
+                           "\"presence_redis_sentinel\" directive");
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->master = values[0];
+
+    rcf->sentinels = ngx_array_create(cf->pool, n - 1,
+                                      sizeof(ngx_presence_addr_t));
+    if (rcf->sentinels == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < n; i++) {
+        addr = ngx_array_push(rcf->sentinels);
+        if (addr == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        if (ngx_presence_redis_parse_addr(cf, addr, &values[i],
+                                          "presence_redis_sentinel", 0)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        a = rcf->sentinels->elts;
+
+        for (j = 0; j < rcf->sentinels->nelts - 1; j++) {
+            if (a[j].port == addr->port
+                && a[j].host.len == addr->host.len
+                && ngx_strncmp(a[j].host.data, addr->host.data,
+                               addr->host.len)
+                   == 0)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "duplicate sentinel \"%V\" in the "
+                                   "\"presence_redis_sentinel\" directive",
+                                   &values[i]);
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_presence_redis_parse_addr(ngx_conf_t *cf, ngx_presence_addr_t *addr,
+    ngx_str_t *value, char *directive, ngx_uint_t unix_ok)
+{
     u_char     *p;
     size_t      len;
     ngx_url_t   u;
 
+    ngx_memzero(addr, sizeof(ngx_presence_addr_t));
     ngx_memzero(&u, sizeof(ngx_url_t));
 
     u.url = *value;
-    u.default_port = 6379;
+    u.default_port = unix_ok ? 6379 : 26379;
 
     /* a name is resolved here, once: a worker never waits on DNS */
 
     if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
         if (u.err) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "%s in \"%V\" of the \"presence_redis\" "
-                               "directive", u.err, &u.url);
+                               "%s in \"%V\" of the \"%s\" directive",
+                               u.err, &u.url, directive);
         }
 
         return NGX_CONF_ERROR;
     }
 
-    if (u.uri.len || u.naddrs == 0) {
+    if (u.uri.len || u.naddrs == 0 || (!unix_ok && u.family == AF_UNIX)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid address \"%V\" of the \"presence_redis\" "
-                           "directive: expected \"host:port\" or "
-                           "\"unix:/path\"", &u.url);
+                           "invalid address \"%V\" of the \"%s\" "
+                           "directive: expected %s", &u.url, directive,
+                           unix_ok ? "\"host:port\" or \"unix:/path\""
+                                   : "\"host:port\"");
         return NGX_CONF_ERROR;
     }
 
-    rcf->name = *value;
+    addr->name = *value;
 
 #if (NGX_HAVE_UNIX_DOMAIN)
 
@@ -913,13 +1041,13 @@ ngx_presence_redis_parse_address(ngx_conf_t *cf,
         p = (u_char *) ((struct sockaddr_un *) u.addrs[0].sockaddr)->sun_path;
         len = ngx_strlen(p);
 
-        rcf->path.data = ngx_pnalloc(cf->pool, len + 1);
-        if (rcf->path.data == NULL) {
+        addr->path.data = ngx_pnalloc(cf->pool, len + 1);
+        if (addr->path.data == NULL) {
             return NGX_CONF_ERROR;
         }
 
-        ngx_memcpy(rcf->path.data, p, len + 1);
-        rcf->path.len = len;
+        ngx_memcpy(addr->path.data, p, len + 1);
+        addr->path.len = len;
 
         return NGX_CONF_OK;
     }
@@ -935,9 +1063,9 @@ ngx_presence_redis_parse_address(ngx_conf_t *cf,
                         NGX_SOCKADDR_STRLEN, 0);
     p[len] = '\0';
 
-    rcf->host.data = p;
-    rcf->host.len = len;
-    rcf->port = ngx_inet_get_port(u.addrs[0].sockaddr);
+    addr->host.data = p;
+    addr->host.len = len;
+    addr->port = ngx_inet_get_port(u.addrs[0].sockaddr);
 
     return NGX_CONF_OK;
 }
@@ -973,9 +1101,22 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
     rds->counters = counters;
     rds->worker = worker;
 
+    if (rcf->sentinels == NULL) {
+        rds->master.name = rcf->name;
+        rds->master.host = rcf->host;
+        rds->master.path = rcf->path;
+        rds->master.port = rcf->port;
+
+    } else {
+        /* no master until the sentinels name one */
+        rds->master.name = rcf->master;
+        rds->master.host.data = rds->master_host;
+    }
+
     conn = &rds->data;
 
     ngx_presence_redis_conn_init(conn, rds, cycle->log);
+    conn->addr = &rds->master;
 
     /*
      * The first handshake's timer counts from the cached clock, which the
@@ -984,6 +1125,10 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
     ngx_time_update();
 
     ngx_presence_redis_connect(conn);
+
+    if (rcf->sentinels && ngx_presence_redis_sentinel_start(rds) != NGX_OK) {
+        return NULL;
+    }
 
     return rds;
 }
@@ -996,6 +1141,7 @@ ngx_presence_redis_destroy(ngx_presence_redis_t *rds)
 {
     rds->exiting = 1;
 
+    ngx_presence_redis_sentinel_stop(rds);
     ngx_presence_redis_conn_close(&rds->data);
     ngx_presence_redis_pubsub_close(rds);
 }

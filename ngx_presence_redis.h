@@ -32,6 +32,7 @@
 typedef struct ngx_presence_cmd_s    ngx_presence_cmd_t;
 typedef struct ngx_presence_conn_s   ngx_presence_conn_t;
 typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
+typedef struct ngx_presence_sentinel_s  ngx_presence_sentinel_t;
 
 /*
  * Called once per command that was accepted: with the reply, or with NULL
@@ -55,6 +56,16 @@ typedef void (*ngx_presence_pubsub_pt)(ngx_uint_t what, ngx_str_t *channel,
     ngx_str_t *message);
 
 
+/* where a connection goes: numeric, or a unix socket */
+
+typedef struct {
+    ngx_str_t                  name;      /* as written, for the logs */
+    ngx_str_t                  host;      /* numeric, null-terminated */
+    ngx_str_t                  path;      /* unix socket, null-terminated */
+    ngx_int_t                  port;
+} ngx_presence_addr_t;
+
+
 typedef struct {
     ngx_str_t                  name;      /* as written, for the logs */
     ngx_str_t                  host;      /* numeric, null-terminated */
@@ -63,6 +74,11 @@ typedef struct {
     ngx_str_t                  password;
     ngx_int_t                  db;
     ngx_msec_t                 timeout;
+
+    /* presence_redis_sentinel: the master's name and the sentinels */
+    ngx_str_t                  master;
+    ngx_array_t               *sentinels;  /* of ngx_presence_addr_t */
+    ngx_str_t                  sentinel_password;
 } ngx_presence_redis_conf_t;
 
 
@@ -79,6 +95,7 @@ typedef struct {
     ngx_atomic_t               redis_unavailable;
     ngx_atomic_t               redis_timeouts;
     ngx_atomic_t               redis_reconnects;
+    ngx_atomic_t               redis_failovers;
     ngx_atomic_t               redis_rtt_us_sum;
     ngx_atomic_t               redis_rtt_count;
     ngx_atomic_t               stream_events;
@@ -100,6 +117,8 @@ typedef struct {
 
 char *ngx_presence_redis_parse_address(ngx_conf_t *cf,
     ngx_presence_redis_conf_t *rcf, ngx_str_t *value);
+char *ngx_presence_redis_parse_sentinel(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n);
 
 ngx_presence_redis_t *ngx_presence_redis_create(ngx_cycle_t *cycle,
     ngx_presence_redis_conf_t *rcf, ngx_presence_counters_t *counters,
@@ -172,6 +191,8 @@ struct ngx_presence_cmd_s {
 struct ngx_presence_conn_s {
     redisAsyncContext             *ac;
     ngx_presence_redis_t          *redis;
+    /* the master's address, or a sentinel's */
+    ngx_presence_addr_t           *addr;
 
     /* reconnect after a backoff, or give up on a slow handshake */
     ngx_event_t                    timer;
@@ -198,6 +219,10 @@ struct ngx_presence_conn_s {
     unsigned                       broken:1;
     /* the subscriber connection of the live streams */
     unsigned                       pubsub:1;
+    /* a connection to a sentinel (ngx_presence_redis_sentinel.c) */
+    unsigned                       sentinel:1;
+    /* the master moved or said READONLY: drop it, connect again */
+    unsigned                       moved:1;
 };
 
 
@@ -206,6 +231,18 @@ struct ngx_presence_redis_s {
     ngx_log_t                     *log;
     ngx_presence_counters_t       *counters;
     ngx_presence_worker_t         *worker;
+
+    /*
+     * The master's address: presence_redis's, or the one the sentinels
+     * name (port 0 until they have); host and name in the buffers below.
+     */
+    ngx_presence_addr_t            master;
+    u_char                         master_host[NGX_SOCKADDR_STRLEN + 1];
+    u_char                         master_name[NGX_SOCKADDR_STRLEN
+                                               + NGX_INT_T_LEN + 2];
+
+    /* presence_redis_sentinel */
+    ngx_presence_sentinel_t       *sentinel;
 
     /* the one data connection; a cluster would add one per master */
     ngx_presence_conn_t            data;
@@ -237,6 +274,17 @@ void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
 void ngx_presence_redis_pubsub_ready(ngx_presence_redis_t *rds);
 void ngx_presence_redis_pubsub_down(ngx_presence_redis_t *rds);
 void ngx_presence_redis_pubsub_close(ngx_presence_redis_t *rds);
+
+/* ngx_presence_redis_sentinel.c */
+ngx_int_t ngx_presence_redis_sentinel_start(ngx_presence_redis_t *rds);
+void ngx_presence_redis_sentinel_stop(ngx_presence_redis_t *rds);
+void ngx_presence_redis_sentinel_ask(ngx_presence_redis_t *rds);
+void ngx_presence_redis_sentinel_handshake(ngx_presence_conn_t *conn);
+void ngx_presence_redis_sentinel_ready(ngx_presence_conn_t *conn);
+void ngx_presence_redis_sentinel_closed(ngx_presence_conn_t *conn);
+void ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+void ngx_presence_redis_move(ngx_presence_conn_t *conn);
 
 /* ngx_presence_redis_adapter.c */
 ngx_int_t ngx_presence_redis_attach(redisAsyncContext *ac, ngx_log_t *log);

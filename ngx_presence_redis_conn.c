@@ -80,22 +80,30 @@ ngx_presence_redis_conn_close(ngx_presence_conn_t *conn)
 void
 ngx_presence_redis_connect(ngx_presence_conn_t *conn)
 {
-    redisAsyncContext          *ac;
-    ngx_presence_redis_t       *rds;
-    ngx_presence_redis_conf_t  *rcf;
+    redisAsyncContext     *ac;
+    ngx_presence_addr_t   *addr;
+    ngx_presence_redis_t  *rds;
 
     rds = conn->redis;
-    rcf = rds->conf;
+    addr = conn->addr;
+
+    conn->moved = 0;
+
+    if (addr->path.len == 0 && addr->port == 0) {
+        /* the sentinels have named no master yet: they connect it */
+        conn->state = NGX_PRESENCE_DOWN;
+        return;
+    }
 
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rds->log, 0,
-                   "presence: connecting to redis at \"%V\"", &rcf->name);
+                   "presence: connecting to redis at \"%V\"", &addr->name);
 
-    if (rcf->path.len) {
-        ac = redisAsyncConnectUnix((char *) rcf->path.data);
+    if (addr->path.len) {
+        ac = redisAsyncConnectUnix((char *) addr->path.data);
 
     } else {
         /* the host is numeric: getaddrinfo() does no lookup */
-        ac = redisAsyncConnect((char *) rcf->host.data, (int) rcf->port);
+        ac = redisAsyncConnect((char *) addr->host.data, (int) addr->port);
     }
 
     if (ac == NULL) {
@@ -123,8 +131,11 @@ ngx_presence_redis_connect(ngx_presence_conn_t *conn)
      */
     ac->c.reader->maxbuf = 0;
 
-    /* hiredis reads pub/sub messages with its own reply objects only */
-    if (!conn->pubsub) {
+    /*
+     * hiredis reads pub/sub messages with its own reply objects only;
+     * the sentinels' few replies need no more
+     */
+    if (!conn->pubsub && !conn->sentinel) {
         ac->c.reader->fn = &ngx_presence_reply_functions;
     }
 
@@ -144,7 +155,7 @@ ngx_presence_redis_connect(ngx_presence_conn_t *conn)
      */
     ngx_presence_redis_send_handshake(conn);
 
-    ngx_add_timer(&conn->timer, rcf->timeout);
+    ngx_add_timer(&conn->timer, rds->conf->timeout);
 }
 
 
@@ -161,6 +172,11 @@ ngx_presence_redis_send_handshake(ngx_presence_conn_t *conn)
     rcf = conn->redis->conf;
 
     conn->handshake = 0;
+
+    if (conn->sentinel) {
+        ngx_presence_redis_sentinel_handshake(conn);
+        return;
+    }
 
     if (conn->pubsub) {
         /* a subscriber needs AUTH only; PING says it is ready without */
@@ -208,6 +224,20 @@ ngx_presence_redis_send_handshake(ngx_presence_conn_t *conn)
         }
     }
 
+    if (rcf->sentinels) {
+        /* the sentinels may lag, or name a master restarted empty */
+
+        argv[0] = "ROLE";
+        len[0] = 4;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_role_reply,
+                                  NULL, 1, argv, len)
+            == REDIS_OK)
+        {
+            conn->handshake++;
+        }
+    }
+
     ngx_presence_redis_load_scripts(conn);
 }
 
@@ -231,7 +261,7 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
                       "presence: redis at \"%V\" refused the handshake: %*s",
-                      &rds->conf->name, (size_t) reply->len, reply->str);
+                      &conn->addr->name, (size_t) reply->len, reply->str);
 
         /* deferred by hiredis until this callback returns */
         redisAsyncFree(ac);
@@ -259,10 +289,15 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     conn->backoff = NGX_PRESENCE_BACKOFF_MIN;
     conn->failures = 0;
 
+    if (conn->sentinel) {
+        ngx_presence_redis_sentinel_ready(conn);
+        return;
+    }
+
     if (conn->pubsub) {
         ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
                       "presence: subscribed to redis at \"%V\" for the "
-                      "live streams", &rds->conf->name);
+                      "live streams", &conn->addr->name);
 
         ngx_presence_redis_pubsub_ready(rds);
         return;
@@ -276,7 +311,7 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     rds->worker->connected = 1;
 
     ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
-                  "presence: connected to redis at \"%V\"", &rds->conf->name);
+                  "presence: connected to redis at \"%V\"", &conn->addr->name);
 
     ngx_presence_redis_flush(conn);
 }
@@ -296,10 +331,15 @@ ngx_presence_redis_connect_failed(ngx_presence_conn_t *conn, const char *err)
 
     ngx_log_error(level, rds->log, 0,
                   "presence: cannot connect to redis at \"%V\": %s",
-                  &rds->conf->name, err);
+                  &conn->addr->name, err);
 
     if (conn->ac == NULL) {
         ngx_presence_redis_schedule(conn);
+
+        if (conn->sentinel) {
+            /* refused at once: a subscriber tries the next sentinel */
+            ngx_presence_redis_sentinel_closed(conn);
+        }
     }
 }
 
@@ -353,7 +393,7 @@ ngx_presence_redis_timer_handler(ngx_event_t *ev)
     if (conn->state == NGX_PRESENCE_LOADING) {
         ngx_log_error(NGX_LOG_ERR, conn->redis->log, 0,
                       "presence: redis at \"%V\" did not load the scripts "
-                      "in time, reconnecting", &conn->redis->conf->name);
+                      "in time, reconnecting", &conn->addr->name);
         redisAsyncFree(conn->ac);
     }
 }
@@ -372,10 +412,21 @@ ngx_presence_redis_drop_handler(ngx_event_t *ev)
         return;
     }
 
+    if (conn->moved) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, rds->log, 0,
+                       "presence: leaving redis at \"%V\"",
+                       &conn->addr->name);
+
+        /* every pending command gets its callback: their requests 503 */
+        conn->backoff = NGX_PRESENCE_BACKOFF_MIN;
+        redisAsyncFree(conn->ac);
+        return;
+    }
+
     if (conn->broken) {
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
                       "presence: a transaction to redis at \"%V\" could not "
-                      "be completed, reconnecting", &rds->conf->name);
+                      "be completed, reconnecting", &conn->addr->name);
         redisAsyncFree(conn->ac);
         return;
     }
@@ -386,7 +437,7 @@ ngx_presence_redis_drop_handler(ngx_event_t *ev)
 
     ngx_log_error(NGX_LOG_ERR, rds->log, 0,
                   "presence: redis at \"%V\" did not answer %ui commands "
-                  "in time, reconnecting", &rds->conf->name, conn->timeouts);
+                  "in time, reconnecting", &conn->addr->name, conn->timeouts);
 
     /* every pending command now gets its callback with no reply */
 
@@ -414,7 +465,7 @@ ngx_presence_redis_on_disconnect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, conn->redis->log, 0,
                       "presence: lost the connection to redis at \"%V\": %s",
-                      &conn->redis->conf->name, ac->errstr);
+                      &conn->addr->name, ac->errstr);
     }
 }
 
@@ -446,6 +497,11 @@ ngx_presence_redis_closed(redisAsyncContext *ac)
 
     ngx_presence_redis_schedule(conn);
 
+    if (conn->sentinel) {
+        ngx_presence_redis_sentinel_closed(conn);
+        return;
+    }
+
     if (conn->pubsub) {
         /* the streams learn that their events may have been missed */
         ngx_presence_redis_pubsub_down(conn->redis);
@@ -454,8 +510,44 @@ ngx_presence_redis_closed(redisAsyncContext *ac)
 
     conn->redis->worker->connected = 0;
 
+    if (conn->redis->sentinel) {
+        /* the master may have moved: the sentinels know */
+        ngx_presence_redis_sentinel_ask(conn->redis);
+    }
+
     /* 503 to those that waited for this connection */
 
     ngx_presence_redis_fail_queue(&conn->retry);
     ngx_presence_redis_fail_queue(&conn->waiting);
+}
+
+
+/*
+ * The master is elsewhere now, or this one said READONLY: the connection
+ * is dropped from a posted event, outside any callback of its context,
+ * and opened again at once, to the master's address as it is then.
+ */
+
+void
+ngx_presence_redis_move(ngx_presence_conn_t *conn)
+{
+    if (conn->ac == NULL) {
+        if (conn->state == NGX_PRESENCE_DOWN && !conn->redis->exiting) {
+            conn->backoff = NGX_PRESENCE_BACKOFF_MIN;
+
+            if (conn->timer.timer_set) {
+                ngx_del_timer(&conn->timer);
+            }
+
+            ngx_add_timer(&conn->timer, 1);
+        }
+
+        return;
+    }
+
+    conn->moved = 1;
+
+    if (!conn->drop.posted) {
+        ngx_post_event(&conn->drop, &ngx_posted_events);
+    }
 }

@@ -53,6 +53,7 @@ ngx_presence_redis_subscribe(ngx_presence_redis_t *rds, ngx_str_t *channel)
         rds->sub_started = 1;
 
         ngx_presence_redis_conn_init(conn, rds, rds->log);
+        conn->addr = &rds->master;
         conn->pubsub = 1;
 
         ngx_presence_redis_connect(conn);

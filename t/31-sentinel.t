@@ -1,0 +1,266 @@
+#!/usr/bin/perl
+
+# presence_redis_sentinel: a worker finds the master through Sentinel and
+# follows it, with no reload.  Real redis-server and redis-sentinel
+# processes (Presence::Test::RedisHA): heartbeats and listings under load
+# while the master is killed (kill -9), then while Sentinel moves it on
+# purpose (SENTINEL FAILOVER), then with a sentinel dead.  Each time: only
+# 200, 503 or 504 answers; heartbeats land on the new master within 2 s
+# (scaled) of its promotion; one notice per failover, counted in
+# presence_status.  And nginx -t refuses what the directives forbid.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use POSIX ();
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Presence::Test;
+use Presence::Test::RedisHA;
+
+need_module();
+
+plan skip_all => 'redis-sentinel is not installed (tools/deps test installs it)'
+    unless have_redis_sentinel();
+
+###########################################################################
+# nginx -t
+
+sub conf_error {
+    my ($http, $re, $name) = @_;
+    my ($rc, $out) = test_config("$http\nserver { listen 127.0.0.1:%%PORT%%;"
+                                 . " location = /hb { presence_heartbeat; } }");
+    ok($rc != 0 && $out =~ $re, "nginx -t: $name") or diag $out;
+}
+
+{
+    my $p1 = free_port();
+    my $p2 = free_port();
+    my ($rc, $out) = test_config(
+        "presence_redis_sentinel mymaster 127.0.0.1:$p1 localhost:$p2;\n"
+        . "presence_redis_sentinel_password secret;\n"
+        . "server { listen 127.0.0.1:%%PORT%%;"
+        . " location = /hb { presence_heartbeat; } }");
+    is($rc, 0, 'nginx -t: sentinels by address and by name') or diag $out;
+
+    conf_error("presence_redis_sentinel m 127.0.0.1:$p1;\n"
+               . "presence_redis_sentinel m 127.0.0.1:$p2;",
+               qr/"presence_redis_sentinel" directive is duplicate/,
+               'a second presence_redis_sentinel');
+    conf_error("presence_redis 127.0.0.1:6379;\n"
+               . "presence_redis_sentinel m 127.0.0.1:$p1;",
+               qr/"presence_redis_sentinel" directive conflicts with "presence_redis"/,
+               'presence_redis, then presence_redis_sentinel');
+    conf_error("presence_redis_sentinel m 127.0.0.1:$p1;\n"
+               . "presence_redis 127.0.0.1:6379;",
+               qr/"presence_redis" directive conflicts with "presence_redis_sentinel"/,
+               'presence_redis_sentinel, then presence_redis');
+    conf_error("presence_redis_sentinel m;",
+               qr/invalid number of arguments in "presence_redis_sentinel"/,
+               'no sentinel');
+    conf_error("presence_redis_sentinel m 127.0.0.1:99999;",
+               qr/invalid port in "127.0.0.1:99999" of the "presence_redis_sentinel"/,
+               'a bad port');
+    conf_error("presence_redis_sentinel m no-such-host.invalid:26379;",
+               qr/host not found in "no-such-host.invalid:26379" of the "presence_redis_sentinel"/,
+               'a host that does not resolve');
+    conf_error("presence_redis_sentinel m unix:/tmp/s.sock;",
+               qr/invalid address "unix:\/tmp\/s.sock" of the "presence_redis_sentinel" directive: expected "host:port"/,
+               'a unix socket');
+    conf_error("presence_redis_sentinel m 127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p1;",
+               qr/duplicate sentinel "127.0.0.1:$p1" in the "presence_redis_sentinel"/,
+               'the same sentinel twice');
+    conf_error("presence_redis_sentinel m 127.0.0.1:$p1 localhost:$p1;",
+               qr/duplicate sentinel "localhost:$p1"/,
+               'the same sentinel twice, once by name');
+    conf_error("presence_redis_sentinel_password x;",
+               qr/"presence_redis_sentinel_password" needs "presence_redis_sentinel"/,
+               'a sentinel password without sentinels');
+}
+
+###########################################################################
+# a Sentinel set, sentinels with a password of their own
+
+my $s = start_redis_sentinel(sentinel_password => 'sen tinel');
+my $first = $s->master;
+
+my $ng = start_nginx(<<'EOF', vars => { SENTINEL => $s->directive });
+%%SENTINEL%%
+presence_redis_timeout 1s;
+presence_ttl 300s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+
+%%API%%
+    location = /status { presence_status; }
+}
+EOF
+
+# a failover logs an error line or two (lost connection, read-only...)
+$ng->allow_in_log(qr/\[error\].*presence: /);
+
+my $KEY = 'presence:{global}';
+
+ok(wait_for(sub { $ng->post('/hb', { user_id => 'first' })->{status} == 200 },
+            5),
+   'a heartbeat through the sentinels');
+is(defined $first->cmd('ZSCORE', $KEY, 'first'), 1,
+   'it is on the master the sentinels name');
+my $fport = $first->port;
+like($ng->log_text,
+     qr/presence: redis master of "mymaster" is 127\.0\.0\.1:$fport/,
+     'the master found is logged');
+
+sub failovers { $ng->get('/status')->{json}{redis_failovers} }
+
+is(failovers(), 0, 'presence_status: no failover yet');
+
+# Load: a child sends heartbeats and listings, one after the other, and
+# writes "<time> <status> <user|->" for each until it is told to stop.
+sub start_load {
+    my ($tag) = @_;
+    my $file = Presence::Test::new_dir('load') . '/answers';
+    my $stop = "$file.stop";
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        open my $out, '>', $file or POSIX::_exit(1);
+        $out->autoflush(1);
+        my $i = 0;
+        until (-e $stop) {
+            $i++;
+            my $r = $i % 2
+                ? $ng->post('/hb', { user_id => "$tag$i" }, timeout => 5)
+                : $ng->get('/online', timeout => 5);
+            printf $out "%.3f %s %s\n", time, $r->{status} // 0,
+                $i % 2 ? "$tag$i" : '-';
+        }
+        close $out;
+        POSIX::_exit(0);
+    }
+    return { pid => $pid, file => $file, stop => $stop };
+}
+
+sub stop_load {
+    my ($l) = @_;
+    Presence::Test::spew($l->{stop}, '');
+    waitpid $l->{pid}, 0;
+    return map { [split ' '] } split /\n/, Presence::Test::slurp($l->{file});
+}
+
+# The answers of a failover: only 200/503/504; the first heartbeat that
+# the new master holds, within 2 s (scaled) of the promotion seen.
+sub check_failover {
+    my ($what, $load, $old, $t_promoted) = @_;
+    my $new = $s->master;
+
+    # the load runs on until heartbeats reach the new master
+    my $landed = wait_for(sub {
+        $ng->post('/hb', { user_id => "probe-$what" })->{status} == 200
+            && defined $new->cmd('ZSCORE', $KEY, "probe-$what")
+            ? time : undef
+    }, 10, 0.05);
+    sleep 0.3;
+    my @a = stop_load($load);
+
+    ok(@a > 20, "$what: the load ran (" . scalar(@a) . ' answers)');
+    my @bad = grep { $_->[1] !~ /^(?:200|503|504)$/ } @a;
+    ok(!@bad, "$what: only 200, 503 or 504")
+        or diag join "\n", map { "@$_" } @bad[0 .. ($#bad < 9 ? $#bad : 9)];
+
+    ok($landed, "$what: heartbeats reach the new master");
+    my $late = $landed ? $landed - $t_promoted : 99;
+    ok($late <= scaled(2),
+       sprintf "$what: within 2 s of the promotion (%.2f s)", $late);
+
+    # every heartbeat answered 200 after that moment is on the new master
+    my @after = grep { $_->[2] ne '-' && $_->[1] == 200
+                       && $landed && $_->[0] > $landed + 0.1 } @a;
+    my @lost = grep { !defined $new->cmd('ZSCORE', $KEY, $_->[2]) } @after;
+    ok(@after && !@lost, "$what: the heartbeats since are all on it ("
+       . scalar(@after) . ')') or diag scalar(@lost) . ' missing';
+
+    my $port = $new->port;
+    like($ng->log_text,
+         qr/presence: redis master of "mymaster" is now 127\.0\.0\.1:$port/,
+         "$what: the failover is logged");
+    return $late;
+}
+
+###########################################################################
+# kill -9 of the master
+
+my %late;
+
+{
+    my $load = start_load('k');
+    ok(wait_for(sub { -s $load->{file} }, 5), 'kill: the load runs');
+    sleep 0.3;
+
+    my $old = $s->kill_master;
+    my $new = $s->wait_new_master($old, 10);
+    my $t = time;
+    ok($new, 'kill: Sentinel promoted the replica');
+
+    $late{kill} = check_failover('kill', $load, $old, $t);
+    ok(failovers() >= 1, 'kill: presence_status counts the failover');
+
+    # the old master comes back empty: a master by ROLE until Sentinel
+    # turns it into a replica, and no heartbeat must go there
+    $old->start;
+    my $load2 = start_load('r');
+    sleep scaled(1.5);
+    my @a = stop_load($load2);
+    my @hb = grep { $_->[2] ne '-' && $_->[1] == 200 } @a;
+    my @there = grep { defined $old->cmd('ZSCORE', $KEY, $_->[2]) } @hb;
+    ok(@hb && !@there, 'kill: nothing goes to the old master restarted'
+       . ' empty (' . scalar(@hb) . ' heartbeats)');
+    ok($s->wait_ready(20), 'kill: the set is whole again');
+}
+
+###########################################################################
+# SENTINEL FAILOVER: the old master goes on answering as a master for
+# seconds; the module follows the sentinels, not the errors
+
+{
+    my $load = start_load('f');
+    ok(wait_for(sub { -s $load->{file} }, 5), 'failover: the load runs');
+    my $f0 = failovers();
+    my $old = $s->master;
+    $s->failover;
+    my $new = $s->wait_new_master($old, 10);
+    my $t = time;
+    ok($new, 'failover: Sentinel promoted the replica');
+
+    $late{failover} = check_failover('failover', $load, $old, $t);
+    ok(failovers() > $f0, 'failover: presence_status counts it');
+    ok($s->wait_ready(20), 'failover: the set is whole again');
+}
+
+###########################################################################
+# a sentinel dies: the others are asked (the worker's subscription to
+# +switch-master was on the first, which is the one killed)
+
+{
+    my ($dead) = $s->sentinels;
+    $dead->kill9;
+    sleep 0.5;
+
+    my $load = start_load('d');
+    ok(wait_for(sub { -s $load->{file} }, 5), 'dead sentinel: the load runs');
+    my $old = $s->master;
+    $s->failover;
+    my $new = $s->wait_new_master($old, 10);
+    my $t = time;
+    ok($new, 'dead sentinel: Sentinel promoted the replica');
+
+    $late{'dead sentinel'} = check_failover('dead sentinel', $load, $old, $t);
+}
+
+diag sprintf "heartbeats on the new master after the promotion: %s",
+    join ', ', map { sprintf '%s %.2f s', $_, $late{$_} } sort keys %late;
+
+done_testing();
