@@ -21,6 +21,7 @@
 #define NGX_PRESENCE_BACKOFF_MAX   1000
 
 static void ngx_presence_redis_send_handshake(ngx_presence_conn_t *conn);
+static const char *ngx_presence_redis_what(ngx_presence_conn_t *conn);
 static void ngx_presence_redis_connect_failed(ngx_presence_conn_t *conn,
     const char *err);
 static void ngx_presence_redis_schedule(ngx_presence_conn_t *conn);
@@ -260,8 +261,9 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
-                      "presence: redis at \"%V\" refused the handshake: %*s",
-                      &conn->addr->name, (size_t) reply->len, reply->str);
+                      "presence: %s at \"%V\" refused the handshake: %*s",
+                      ngx_presence_redis_what(conn), &conn->addr->name,
+                      (size_t) reply->len, reply->str);
 
         /* deferred by hiredis until this callback returns */
         redisAsyncFree(ac);
@@ -330,8 +332,8 @@ ngx_presence_redis_connect_failed(ngx_presence_conn_t *conn, const char *err)
     level = conn->failures++ ? NGX_LOG_INFO : NGX_LOG_ERR;
 
     ngx_log_error(level, rds->log, 0,
-                  "presence: cannot connect to redis at \"%V\": %s",
-                  &conn->addr->name, err);
+                  "presence: cannot connect to %s at \"%V\": %s",
+                  ngx_presence_redis_what(conn), &conn->addr->name, err);
 
     if (conn->ac == NULL) {
         ngx_presence_redis_schedule(conn);
@@ -464,8 +466,9 @@ ngx_presence_redis_on_disconnect(const redisAsyncContext *ac, int status)
 
     if (status != REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, conn->redis->log, 0,
-                      "presence: lost the connection to redis at \"%V\": %s",
-                      &conn->addr->name, ac->errstr);
+                      "presence: lost the connection to %s at \"%V\": %s",
+                      ngx_presence_redis_what(conn), &conn->addr->name,
+                      ac->errstr);
     }
 }
 
@@ -519,6 +522,15 @@ ngx_presence_redis_closed(redisAsyncContext *ac)
 
     ngx_presence_redis_fail_queue(&conn->retry);
     ngx_presence_redis_fail_queue(&conn->waiting);
+}
+
+
+/* what a connection goes to, for the logs */
+
+static const char *
+ngx_presence_redis_what(ngx_presence_conn_t *conn)
+{
+    return conn->sentinel ? "sentinel" : "redis";
 }
 
 
