@@ -343,6 +343,14 @@ ngx_presence_redis_connect_failed(ngx_presence_conn_t *conn, const char *err)
             ngx_presence_redis_sentinel_closed(conn);
         }
     }
+
+    if (rds->sentinel && !conn->sentinel && !conn->pubsub) {
+        /*
+         * the master is gone: the sentinel that leads its failover names
+         * the new one before it tells the others
+         */
+        ngx_presence_redis_sentinel_ask(rds);
+    }
 }
 
 
