@@ -15,6 +15,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Select;
 use POSIX ();
 use Test::More;
 use Time::HiRes qw(time sleep);
@@ -96,6 +97,7 @@ server {
     listen 127.0.0.1:%%PORT%%;
 
 %%API%%
+    location = /stream { presence_stream; }
     location = /status { presence_status; }
 }
 EOF
@@ -203,12 +205,29 @@ sub check_failover {
     return $late;
 }
 
+# a live stream: what it has said so far matches $re (within $secs, scaled)
+sub stream_says {
+    my ($st, $re, $secs) = @_;
+    my $sel = IO::Select->new($st->sock);
+    $st->{text} //= '';
+    return wait_for(sub {
+        while ($sel->can_read(0)) {
+            my $n = sysread $st->sock, $st->{text}, 65536, length $st->{text};
+            last unless $n;
+        }
+        $st->{text} =~ $re;
+    }, $secs);
+}
+
 ###########################################################################
-# kill -9 of the master
+# kill -9 of the master, with a live stream open
 
 my %late;
 
 {
+    my $st = $ng->send_raw("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    ok(stream_says($st, qr/event: snapshot\n/, 5), 'kill: a stream is open');
+
     my $load = start_load('k');
     ok(wait_for(sub { -s $load->{file} }, 5), 'kill: the load runs');
     sleep 0.3;
@@ -221,6 +240,15 @@ my %late;
 
     $late{kill} = check_failover('kill', $load, $old, $t, $t0);
     ok(failovers() >= 1, 'kill: presence_status counts the failover');
+
+    # the stream's subscription follows the master too
+    ok(stream_says($st, qr/event: unavailable\n.*event: snapshot\n/s, 5),
+       'kill: the stream said unavailable, then sent a new snapshot');
+    $ng->post('/hb', { user_id => 'streamed' });
+    ok(stream_says($st, qr/event: join\nid: \d+\ndata: \{"user_id":"streamed"/,
+                   5),
+       'kill: a join on the new master reaches the stream');
+    $st->abort;
 
     # the old master comes back empty: a master by ROLE for about 8 s,
     # until Sentinel turns it into a replica (which then copies the new
@@ -248,6 +276,9 @@ my %late;
 # seconds; the module follows the sentinels, not the errors
 
 {
+    my $st = $ng->send_raw("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    ok(stream_says($st, qr/event: snapshot\n/, 5), 'failover: a stream is open');
+
     my $load = start_load('f');
     ok(wait_for(sub { -s $load->{file} }, 5), 'failover: the load runs');
     my $f0 = failovers();
@@ -260,6 +291,14 @@ my %late;
 
     $late{failover} = check_failover('failover', $load, $old, $t, $t0);
     ok(failovers() > $f0, 'failover: presence_status counts it');
+
+    # the old master still runs: only a subscription moved with the data
+    # connection hears the joins of the new master
+    $ng->post('/hb', { user_id => 'streamed-f' });
+    ok(stream_says($st,
+                   qr/event: join\nid: \d+\ndata: \{"user_id":"streamed-f"/, 5),
+       'failover: a join on the new master reaches the stream');
+    $st->abort;
     ok($s->wait_ready(20), 'failover: the set is whole again');
 }
 
