@@ -294,6 +294,8 @@ my %late;
 
     # the old master still runs: only a subscription moved with the data
     # connection hears the joins of the new master
+    ok(stream_says($st, qr/event: unavailable\n.*event: snapshot\n/s, 5),
+       'failover: the stream said unavailable, then sent a new snapshot');
     $ng->post('/hb', { user_id => 'streamed-f' });
     ok(stream_says($st,
                    qr/event: join\nid: \d+\ndata: \{"user_id":"streamed-f"/, 5),
