@@ -149,7 +149,8 @@ void ngx_presence_redis_unsubscribe(ngx_presence_redis_t *rds,
  * ngx_presence_redis.c has the scripts and the commands,
  * ngx_presence_redis_conn.c the life of a connection,
  * ngx_presence_redis_adapter.c its events, ngx_presence_redis_reply.c
- * the replies, ngx_presence_redis_pubsub.c the subscriber connection.
+ * the replies, ngx_presence_redis_pubsub.c the subscriber connection,
+ * ngx_presence_redis_sentinel.c the sentinels and where the master is.
  */
 
 #define NGX_PRESENCE_DOWN          0

@@ -32,16 +32,16 @@
 
 typedef struct {
     /* first: a connection's context data leads to its sentinel */
-    ngx_presence_conn_t          conn;
+    ngx_presence_conn_t            conn;
 
     /* the answer of this round: address and config-epoch */
-    u_char                       host[NGX_SOCKADDR_STRLEN + 1];
-    size_t                       host_len;
-    ngx_int_t                    port;
-    ngx_int_t                    epoch;
+    u_char                         host[NGX_SOCKADDR_STRLEN + 1];
+    size_t                         host_len;
+    ngx_int_t                      port;
+    ngx_int_t                      epoch;
 
-    unsigned                     asked:1;
-    unsigned                     named:1;
+    unsigned                       asked:1;
+    unsigned                       named:1;
 } ngx_presence_sentinel_node_t;
 
 
@@ -493,10 +493,10 @@ ngx_presence_redis_sentinel_master_reply(redisAsyncContext *ac, void *r,
 static void
 ngx_presence_redis_sentinel_done(ngx_presence_sentinel_t *sen)
 {
+    u_char                         buf[NGX_INT_T_LEN];
     ngx_str_t                      host, port, from;
     ngx_uint_t                     i;
     ngx_presence_sentinel_node_t  *node, *best;
-    u_char                         buf[NGX_INT_T_LEN];
 
     sen->asking = 0;
 
@@ -706,6 +706,7 @@ void
 ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
     void *privdata)
 {
+    ngx_str_t              role;
     redisReply            *reply;
     ngx_presence_conn_t   *conn;
     ngx_presence_redis_t  *rds;
@@ -719,12 +720,17 @@ ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
 
     rds = conn->redis;
 
+    ngx_str_set(&role, "?");
+
     if (reply->type == REDIS_REPLY_ARRAY
         && reply->elements > 0
-        && reply->element[0]->type == REDIS_REPLY_STRING
-        && reply->element[0]->len == 6
-        && ngx_strncmp(reply->element[0]->str, "master", 6) == 0)
+        && reply->element[0]->type == REDIS_REPLY_STRING)
     {
+        role.data = (u_char *) reply->element[0]->str;
+        role.len = reply->element[0]->len;
+    }
+
+    if (role.len == 6 && ngx_strncmp(role.data, "master", 6) == 0) {
         ngx_presence_redis_handshake_reply(ac, r, privdata);
         return;
     }
@@ -738,16 +744,8 @@ ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
 
     ngx_log_error(NGX_LOG_ERR, rds->log, 0,
                   "presence: redis at \"%V\" is not the master of \"%V\" "
-                  "(ROLE %*s), asking the sentinels", &conn->addr->name,
-                  &rds->conf->master,
-                  (size_t) (reply->type == REDIS_REPLY_ARRAY
-                            && reply->elements > 0
-                            && reply->element[0]->type == REDIS_REPLY_STRING
-                            ? reply->element[0]->len : 1),
-                  reply->type == REDIS_REPLY_ARRAY
-                  && reply->elements > 0
-                  && reply->element[0]->type == REDIS_REPLY_STRING
-                  ? reply->element[0]->str : "?");
+                  "(ROLE %V), asking the sentinels", &conn->addr->name,
+                  &rds->conf->master, &role);
 
     /* deferred by hiredis until this callback returns */
     redisAsyncFree(ac);
