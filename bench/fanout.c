@@ -44,12 +44,15 @@
  * a line per round and a summary, key=value:
  *   ROUND r=1 ms=... first_ms=... p50_ms=... cpu_us=... utime=... stime=... status=...
  *   FANOUT n=... rounds=... ready_ms=... median_ms=... min_ms=... max_ms=...
- *          cpu_us_per_stream=... kernel_pct=... rss_before_kb=... rss_idle_kb=...
+ *          cpu_us_per_stream=... kernel_pct=... client_us_per_stream=...
+ *          rss_before_kb=... rss_idle_kb=...
  *          rss_after_kb=... idle_kb_per_stream=... after_kb_per_stream=...
  * ms: the time until the last stream had the event (first_ms, p50_ms: the
  * first, the median stream); cpu_us: the worker's CPU time over the round
  * (trigger, fan-out, its reply, a pause of -g ms), from /proc/PID/schedstat
- * (ns), utime/stime from /proc/PID/stat (clock ticks).  Exit status 0, or 1
+ * (ns), utime/stime from /proc/PID/stat (clock ticks); client_us: this
+ * process's own CPU time from the trigger to the last stream's event, the
+ * mean of the rounds.  Exit status 0, or 1
  * with the reason on stderr (a stream closed or answered other than 200,
  * the trigger failed, a timeout).
  */
@@ -478,6 +481,16 @@ worker_rss(void)
     return kb;
 }
 
+/* this process's CPU time, µs */
+static double
+self_cpu_us(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6
+           + ru.ru_utime.tv_usec + ru.ru_stime.tv_usec;
+}
+
 static int
 cmp_d(const void *a, const void *b)
 {
@@ -521,7 +534,7 @@ main(int argc, char **argv)
 {
     struct rlimit rl;
     int opt, i, r;
-    double t0, *ms, *cpu, ready_ms;
+    double t0, *ms, *cpu, ready_ms, client_us = 0;
     long rss0, rss1, rss2;
     unsigned long ut_sum = 0, st_sum = 0;
 
@@ -606,7 +619,10 @@ main(int argc, char **argv)
 
         set_markers(event_fmt, nevent, r);
         phase_start();
+        double c0;
+
         worker_cpu(&ns0, &ut0, &st0);
+        c0 = self_cpu_us();
         tr = now_ms();
         fire(r);
         while (pending) {
@@ -629,6 +645,7 @@ main(int argc, char **argv)
             die("round %d: the trigger's answer: \"%.200s\"", r, tresp);
         if (texpect ? status != texpect : status / 100 != 2)
             die("round %d: the trigger answered \"%.300s\"", r, tresp);
+        client_us += self_cpu_us() - c0;
         drain(gap_ms);
         worker_cpu(&ns1, &ut1, &st1);
         cpu[r - 1] = ns1 ? (ns1 - ns0) / 1e3 : (ut1 + st1 - ut0 - st0) * 1e6 / sysconf(_SC_CLK_TCK);
@@ -656,9 +673,11 @@ main(int argc, char **argv)
         med = rounds % 2 ? sm[rounds / 2] : (sm[rounds / 2 - 1] + sm[rounds / 2]) / 2;
         medc = rounds % 2 ? sc[rounds / 2] : (sc[rounds / 2 - 1] + sc[rounds / 2]) / 2;
         printf("FANOUT n=%d rounds=%d ready_ms=%.0f median_ms=%.2f min_ms=%.2f"
-               " max_ms=%.2f cpu_us=%.0f cpu_us_per_stream=%.2f kernel_pct=%.0f",
+               " max_ms=%.2f cpu_us=%.0f cpu_us_per_stream=%.2f kernel_pct=%.0f"
+               " client_us_per_stream=%.2f",
                nconns, rounds, ready_ms, med, sm[0], sm[rounds - 1], medc,
-               medc / nconns, ut_sum + st_sum ? 100.0 * st_sum / (ut_sum + st_sum) : 0);
+               medc / nconns, ut_sum + st_sum ? 100.0 * st_sum / (ut_sum + st_sum) : 0,
+               client_us / rounds / nconns);
         if (wpid)
             printf(" rss_before_kb=%ld rss_idle_kb=%ld rss_after_kb=%ld"
                    " idle_kb_per_stream=%.2f after_kb_per_stream=%.2f",

@@ -113,20 +113,22 @@ sub fanout_table {
     for my $r (@{ $self->{fan} }) {
         my $m = $r->{m};
         if (!$m) {
-            push @body, [ $r->{contender}, $r->{na}, ('') x 7 ];
+            push @body, [ $r->{contender}, $r->{na}, ('') x 8 ];
             next;
         }
         push @body, [ $r->{contender}, fmt_rps($m->{n}),
             join(', ', map { sprintf '%.0f', $_ } @{ $m->{round_ms} }),
             fmt_ms(1000 * $m->{median_ms}),
             sprintf('%.1f (%.0f%% kernel)', $m->{cpu_us_per_stream}, $m->{kernel_pct}),
+            sprintf('%.1f', $m->{client_us_per_stream}),
             fmt_kb($m->{idle_kb_per_stream}), fmt_kb($m->{after_kb_per_stream}),
             sprintf('%.0f → %.0f → %.0f', map { $_ / 1024 }
                     @$m{qw(rss_before_kb rss_idle_kb rss_after_kb)}),
             sprintf('%.1f s', $m->{ready_ms} / 1000) ];
     }
     return table([ 'contender', 'streams', 'rounds (ms, until the last stream had the event)',
-                   'median', 'worker CPU µs/stream', 'worker memory/idle stream',
+                   'median', 'worker CPU µs/stream', 'client CPU µs/stream',
+                   'worker memory/idle stream',
                    'after the events', 'worker RSS MB: before → idle → after',
                    'streams opened in' ], @body);
 }
@@ -362,7 +364,8 @@ sub write {
     my $rounds = $i{rounds} > 1 ? ", best of $i{rounds} rounds" : '';
     my $module = $i{module} =~ s{^\Q$top\E/}{}r;
     my %v = map { $_ => pkg_version($_) } qw(wrk libnginx-mod-http-lua
-        lua-nginx-redis python3-fastapi python3-uvicorn python3-redis);
+        lua-nginx-redis python3-fastapi python3-uvicorn python3-redis
+        libnginx-mod-nchan);
 
     my $md = <<MD;
 # Benchmark results
@@ -383,7 +386,7 @@ each. Take the ratios within one run, not the absolute req/s, as the result.
 - software: nginx $nginx_v (Debian), redis-server $redis_v, wrk $v{wrk},
   lua-nginx-module $v{'libnginx-mod-http-lua'}, lua-resty-redis $v{'lua-nginx-redis'},
   python3-fastapi $v{'python3-fastapi'}, python3-uvicorn $v{'python3-uvicorn'} (uvloop, httptools),
-  python3-redis $v{'python3-redis'} (hiredis)
+  python3-redis $v{'python3-redis'} (hiredis), nchan $v{'libnginx-mod-nchan'}
 - module: $module, built from commit $commit
 
 How it measures:
@@ -426,7 +429,8 @@ How it measures:
   join` on every stream; nchan: a message to its publisher location) and the
   time from sending it until the last stream had the whole event. Worker CPU:
   the worker's run time over the round (the trigger, the fan-out and a 300 ms
-  pause; /proc/PID/schedstat) per stream; kernel: stime's share of it. Worker
+  pause; /proc/PID/schedstat) per stream; kernel: stime's share of it; client
+  CPU: bench/fanout's own, from the trigger to the last event. Worker
   memory: growth of the worker's VmRSS from before the streams to the streams
   idle, and to after the rounds, per stream. The module's Redis (the heartbeat,
   the pub/sub message) is not in its worker's CPU.
