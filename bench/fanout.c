@@ -498,6 +498,19 @@ cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* the trigger's status, once its answer is complete: a wrong one ends the
+   run at once */
+static int
+trigger_status(int r)
+{
+    int status;
+    if (sscanf(tresp, "HTTP/1.%*d %d", &status) != 1)
+        die("round %d: the trigger's answer: \"%.200s\"", r, tresp);
+    if (texpect ? status != texpect : status / 100 != 2)
+        die("round %d: the trigger answered \"%.300s\"", r, tresp);
+    return status;
+}
+
 static void
 fire(int r)
 {
@@ -627,6 +640,7 @@ main(int argc, char **argv)
         fire(r);
         while (pending) {
             poll_once(100);
+            if (tdone) trigger_status(r);
             if (now_ms() - tr > timeout_s * 1e3)
                 die("round %d: %d of %d streams without the event after %d s"
                     " (trigger: %.200s)", r, pending, nconns, timeout_s,
@@ -641,10 +655,7 @@ main(int argc, char **argv)
             poll_once(100);
             if (now_ms() - tr > timeout_s * 1e3) die("round %d: the trigger got no answer", r);
         }
-        if (sscanf(tresp, "HTTP/1.%*d %d", &status) != 1)
-            die("round %d: the trigger's answer: \"%.200s\"", r, tresp);
-        if (texpect ? status != texpect : status / 100 != 2)
-            die("round %d: the trigger answered \"%.300s\"", r, tresp);
+        status = trigger_status(r);
         client_us += self_cpu_us() - c0;
         drain(gap_ms);
         worker_cpu(&ns1, &ut1, &st1);
