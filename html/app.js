@@ -603,14 +603,20 @@
   }
 
   // A join or a leave: applied only on top of this connection's snapshot,
-  // and only when newer than what was applied last. With a list cut at
+  // and only when its id is greater than the last one applied. (One that
+  // cannot be applied, not being JSON, still takes its id: an event
+  // without an id field, which EventSource hands over with the id before
+  // it, is then not newer either.) With a list cut at
   // presence_online_limit (count above the names), a join adds the name
   // without knowing whose name the listing would have dropped for it.
   function onChange(e, joined) {
     var id = idOf(e);
+    if (!state.esLive || !idAfter(id, state.lastId)) {
+      return;
+    }
+    state.lastId = id;
     var data = parsed(e);
-    if (!state.esLive || !data || typeof data.user_id !== 'string'
-        || !idAfter(id, state.lastId)) {
+    if (!data || typeof data.user_id !== 'string') {
       return;
     }
     var name = data.user_id;
@@ -624,7 +630,6 @@
       // keep the "and N more" as it was
       count = users.length + Math.max(0, state.count - state.users.length);
     }
-    state.lastId = id;
     showList({ users: users, count: count });
   }
 

@@ -395,6 +395,9 @@ test('without a stream location (api/stream 404) the page polls; a 304 leaves th
   assert.deepEqual(answered(p, 'stream'), [404], 'the stream was asked once, 404');
   assert.ok(asked(p, 'online').length >= 1, 'api/online asked');
 
+  // the rows' arrival mark comes off 400 ms after they are drawn
+  await until(page, () => !document.querySelector('#users .is-new'), null, 2000,
+    'the new rows settled');
   await page.evaluate(() => {
     window.__mutations = 0;
     new MutationObserver((m) => { window.__mutations += m.length; })
