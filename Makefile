@@ -4,6 +4,8 @@ SHELL := /bin/bash
 #
 #   make            build build/ngx_http_presence_module.so
 #   make run        build, start redis-server and nginx on :8080
+#                   (REDIS=sentinel or REDIS=cluster: a local Sentinel set
+#                   or Cluster from tools/redis-ha instead)
 #   make test       build, run the test suite (t/*.t) with prove
 #   make test-asan  the suite against an ASan+UBSan build (build/asan)
 #   make fuzz       libFuzzer on the input parsers (FUZZ_SECONDS=60 each)
@@ -53,9 +55,11 @@ $(MODULE): $(BUILD)/nginx/objs/Makefile $(SOURCES)
 	cp $(BUILD)/nginx/objs/ngx_http_presence_module.so $@.tmp
 	mv $@.tmp $@
 
+REDIS      ?=
+
 run: $(MODULE)
 	@tools/deps run
-	@tools/run
+	@REDIS=$(REDIS) tools/run
 
 # the same suite against the module built with AddressSanitizer and
 # UndefinedBehaviorSanitizer, run in the stock nginx with their runtimes

@@ -8,6 +8,7 @@
  * ngx_http_presence_response.c the JSON answers, errors and headers
  * ngx_http_presence_cache.c    presence_online_cache
  * ngx_http_presence_status.c   presence_status and its shared counters
+ * ngx_http_presence_stream.c   presence_stream: live streams of the rooms
  * ngx_http_presence_input.c    reading untrusted input (pure, fuzzed)
  *
  * The Redis side is ngx_presence_redis*.c, behind ngx_presence_redis.h.
@@ -31,6 +32,7 @@
 #define NGX_HTTP_PRESENCE_LEAVE      2
 #define NGX_HTTP_PRESENCE_ONLINE     3
 #define NGX_HTTP_PRESENCE_STATUS     4
+#define NGX_HTTP_PRESENCE_STREAM     5
 
 
 typedef struct ngx_http_presence_cache_node_s  ngx_http_presence_cache_node_t;
@@ -40,6 +42,7 @@ typedef struct {
     ngx_presence_redis_conf_t   redis;
     ngx_shm_zone_t             *shm_zone;
     ngx_flag_t                  used;
+    ngx_uint_t                  stream_max_clients;
 
     /* the worker's Redis context, from init_process on */
     ngx_presence_redis_t       *rds;
@@ -58,6 +61,7 @@ typedef struct {
     ngx_msec_t                  online_cache;
     ngx_uint_t                  max_sessions;
     ngx_msec_t                  leave_grace;
+    ngx_msec_t                  stream_ping;
 
     /* the TTL as Redis takes it (ms) and as the JSON shows it (s) */
     ngx_str_t                   ttl_ms;
@@ -66,6 +70,9 @@ typedef struct {
     /* presence_max_sessions and presence_leave_grace as Redis takes them */
     ngx_str_t                   max_sessions_arg;
     ngx_str_t                   leave_grace_arg;
+
+    /* the life of a room's keys after a heartbeat (see the script) */
+    ngx_str_t                   key_life_arg;
 } ngx_http_presence_loc_conf_t;
 
 
@@ -92,10 +99,15 @@ typedef struct {
 /* ngx_http_presence_handler.c */
 ngx_int_t ngx_http_presence_update_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_presence_online_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_presence_room_key(ngx_http_request_t *r, ngx_str_t *room,
+    ngx_str_t *key);
 
 /* ngx_http_presence_response.c */
 ngx_int_t ngx_http_presence_respond(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply);
+ngx_int_t ngx_http_presence_listing(ngx_pool_t *pool,
+    ngx_presence_redis_t *rds, redisReply *reply, ngx_uint_t limit,
+    ngx_str_t *room, ngx_str_t *ttl, ngx_str_t *body, uint64_t *id);
 ngx_int_t ngx_http_presence_send_listing(ngx_http_request_t *r,
     ngx_str_t *body, ngx_str_t *etag);
 ngx_int_t ngx_http_presence_send(ngx_http_request_t *r, ngx_uint_t status,
@@ -114,6 +126,10 @@ void ngx_http_presence_cache_store(ngx_http_presence_ctx_t *ctx,
 void ngx_http_presence_cache_abandon(ngx_http_presence_ctx_t *ctx);
 void ngx_http_presence_cache_init(void);
 void ngx_http_presence_cache_free(void);
+
+/* ngx_http_presence_stream.c */
+ngx_int_t ngx_http_presence_stream_handler(ngx_http_request_t *r);
+void ngx_http_presence_stream_init(ngx_presence_redis_t *rds);
 
 /* ngx_http_presence_status.c */
 ngx_int_t ngx_http_presence_status_handler(ngx_http_request_t *r);

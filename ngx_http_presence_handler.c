@@ -439,21 +439,32 @@ ngx_http_presence_start(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 }
 
 
-/* the room, and the Redis key of its sorted set */
-
 static ngx_int_t
 ngx_http_presence_prepare(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
+{
+    return ngx_http_presence_room_key(r, &ctx->room, &ctx->key);
+}
+
+
+/*
+ * The room of the request, and the Redis key of its sorted set: NGX_OK,
+ * NGX_ERROR or NGX_HTTP_PRESENCE_ERR_ROOM
+ */
+
+ngx_int_t
+ngx_http_presence_room_key(ngx_http_request_t *r, ngx_str_t *room,
+    ngx_str_t *key)
 {
     u_char                        *p;
     ngx_http_presence_loc_conf_t  *plcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    if (ngx_http_complex_value(r, plcf->room, &ctx->room) != NGX_OK) {
+    if (ngx_http_complex_value(r, plcf->room, room) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    if (!ngx_http_presence_valid_id(ctx->room.data, ctx->room.len,
+    if (!ngx_http_presence_valid_id(room->data, room->len,
                                     plcf->max_id_length))
     {
         return NGX_HTTP_PRESENCE_ERR_ROOM;
@@ -461,16 +472,15 @@ ngx_http_presence_prepare(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 
     /* the braces make the room a Redis Cluster hash tag */
 
-    ctx->key.len = plcf->key_prefix.len + ctx->room.len + 2;
-    ctx->key.data = ngx_pnalloc(r->pool, ctx->key.len);
-    if (ctx->key.data == NULL) {
+    key->len = plcf->key_prefix.len + room->len + 2;
+    key->data = ngx_pnalloc(r->pool, key->len);
+    if (key->data == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(ctx->key.data, plcf->key_prefix.data,
-                   plcf->key_prefix.len);
+    p = ngx_cpymem(key->data, plcf->key_prefix.data, plcf->key_prefix.len);
     *p++ = '{';
-    p = ngx_cpymem(p, ctx->room.data, ctx->room.len);
+    p = ngx_cpymem(p, room->data, room->len);
     *p = '}';
 
     return NGX_OK;
@@ -581,7 +591,8 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 
     } else {
         /*
-         * heartbeat: user, ttl, session, most sessions; leave: user,
+         * heartbeat: user, ttl, session, most sessions, the keys' life;
+         * leave: user,
          * session, grace; lookup: user.  No session_id is the empty one.
          */
 
@@ -591,7 +602,8 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
             args[1] = plcf->ttl_ms;
             args[2] = ctx->session;
             args[3] = plcf->max_sessions_arg;
-            nargs = 4;
+            args[4] = plcf->key_life_arg;
+            nargs = 5;
 
         } else if (ctx->script == NGX_PRESENCE_LEAVE) {
             args[1] = ctx->session;

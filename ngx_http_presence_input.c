@@ -604,3 +604,67 @@ ngx_http_presence_quoted(u_char *p, u_char *end)
 
     return NULL;
 }
+
+
+/*
+ * The next change of a channel's message from p on: the byte after its
+ * line, with *change filled, or NULL at the end or at a line that is not
+ * one (anyone who may PUBLISH can send anything; nothing after a broken
+ * line is trusted).
+ */
+
+u_char *
+ngx_http_presence_parse_change(u_char *p, u_char *end,
+    ngx_http_presence_change_t *change)
+{
+    u_char     *nl;
+    uint64_t    n[2];
+    ngx_uint_t  i, digits;
+
+    for (i = 0; i < 2; i++) {
+        n[i] = 0;
+
+        for (digits = 0; p < end && *p >= '0' && *p <= '9'; p++, digits++) {
+            if (digits == 18) {
+                return NULL;
+            }
+
+            n[i] = n[i] * 10 + (*p - '0');
+        }
+
+        if (digits == 0 || p == end || *p++ != ' ') {
+            return NULL;
+        }
+
+        if (i == 1) {
+            break;
+        }
+
+        if (end - p < 2
+            || (*p != NGX_HTTP_PRESENCE_JOIN && *p != NGX_HTTP_PRESENCE_LEFT
+                && *p != NGX_HTTP_PRESENCE_TIMEOUT)
+            || p[1] != ' ')
+        {
+            return NULL;
+        }
+
+        change->kind = *p;
+        p += 2;
+    }
+
+    nl = ngx_strlchr(p, end, '\n');
+
+    if (nl == NULL
+        || !ngx_http_presence_valid_id(p, nl - p,
+                                       NGX_HTTP_PRESENCE_CHANGE_ID_MAX))
+    {
+        return NULL;
+    }
+
+    change->id = n[0];
+    change->count = n[1];
+    change->user.data = p;
+    change->user.len = nl - p;
+
+    return nl + 1;
+}

@@ -34,7 +34,8 @@ typedef enum {
     NGX_HTTP_PRESENCE_ERR_MEDIA_TYPE,
     NGX_HTTP_PRESENCE_ERR_UNAVAILABLE,
     NGX_HTTP_PRESENCE_ERR_TIMEOUT,
-    NGX_HTTP_PRESENCE_ERR_SESSION
+    NGX_HTTP_PRESENCE_ERR_SESSION,
+    NGX_HTTP_PRESENCE_ERR_STREAMS
 } ngx_http_presence_err_e;
 
 
@@ -63,7 +64,29 @@ typedef struct {
 } ngx_http_presence_accept_t;
 
 
+/*
+ * A change of a room as the scripts publish it on the room's channel, one
+ * line each: "<id> <J|L|T> <count> <user>\n" (join, leave, timeout).
+ */
+
+#define NGX_HTTP_PRESENCE_JOIN     'J'
+#define NGX_HTTP_PRESENCE_LEFT     'L'
+#define NGX_HTTP_PRESENCE_TIMEOUT  'T'
+
+/* the longest user id a change may carry (presence_max_id_length's bound) */
+#define NGX_HTTP_PRESENCE_CHANGE_ID_MAX  1024
+
+typedef struct {
+    uint64_t                    id;
+    uint64_t                    count;
+    ngx_uint_t                  kind;
+    ngx_str_t                   user;
+} ngx_http_presence_change_t;
+
+
 ngx_int_t ngx_http_presence_valid_id(u_char *p, size_t len, size_t max);
+u_char *ngx_http_presence_parse_change(u_char *p, u_char *end,
+    ngx_http_presence_change_t *change);
 uint32_t ngx_http_presence_utf8_decode(u_char **p, u_char *end);
 ngx_int_t ngx_http_presence_parse_json(u_char *p, size_t len,
     ngx_str_t *user, ngx_str_t *session);

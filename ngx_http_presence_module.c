@@ -67,6 +67,10 @@ static ngx_conf_num_bounds_t  ngx_http_presence_sessions_bounds = {
     ngx_http_presence_check_bounds, 1, 1024
 };
 
+static ngx_conf_num_bounds_t  ngx_http_presence_streams_bounds = {
+    ngx_http_presence_check_bounds, 1, -1
+};
+
 
 static ngx_command_t  ngx_http_presence_commands[] = {
 
@@ -146,6 +150,27 @@ static ngx_command_t  ngx_http_presence_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PRESENCE_STATUS,
       NULL },
+
+    { ngx_string("presence_stream"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_presence_content,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PRESENCE_STREAM,
+      NULL },
+
+    { ngx_string("presence_stream_ping"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_presence_loc_conf_t, stream_ping),
+      &ngx_http_presence_check_msec_p },
+
+    { ngx_string("presence_stream_max_clients"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_presence_main_conf_t, stream_max_clients),
+      &ngx_http_presence_streams_bounds },
 
     { ngx_string("presence_online_limit"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -259,6 +284,8 @@ ngx_http_presence_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    ngx_http_presence_stream_init(pmcf->rds);
+
     return NGX_OK;
 }
 
@@ -308,6 +335,7 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
      */
 
     pmcf->redis.db = NGX_CONF_UNSET;
+    pmcf->stream_max_clients = NGX_CONF_UNSET_UINT;
     pmcf->redis.timeout = NGX_CONF_UNSET_MSEC;
 
     return pmcf;
@@ -333,6 +361,7 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(pmcf->redis.db, 0);
     ngx_conf_init_msec_value(pmcf->redis.timeout, 1000);
+    ngx_conf_init_uint_value(pmcf->stream_max_clients, 4096);
 
     if (!pmcf->used) {
         return NGX_CONF_OK;
@@ -378,6 +407,7 @@ ngx_http_presence_create_loc_conf(ngx_conf_t *cf)
     plcf->online_cache = NGX_CONF_UNSET_MSEC;
     plcf->max_sessions = NGX_CONF_UNSET_UINT;
     plcf->leave_grace = NGX_CONF_UNSET_MSEC;
+    plcf->stream_ping = NGX_CONF_UNSET_MSEC;
 
     return plcf;
 }
@@ -389,8 +419,9 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_presence_loc_conf_t *prev = parent;
     ngx_http_presence_loc_conf_t *conf = child;
 
-    u_char                    *p;
-    ngx_http_complex_value_t  *room;
+    u_char                         *p;
+    ngx_http_complex_value_t       *room;
+    ngx_http_presence_main_conf_t  *pmcf;
 
     ngx_conf_merge_msec_value(conf->ttl, prev->ttl, 10000);
     ngx_conf_merge_str_value(conf->key_prefix, prev->key_prefix,
@@ -404,6 +435,7 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->online_cache, prev->online_cache, 0);
     ngx_conf_merge_uint_value(conf->max_sessions, prev->max_sessions, 16);
     ngx_conf_merge_msec_value(conf->leave_grace, prev->leave_grace, 0);
+    ngx_conf_merge_msec_value(conf->stream_ping, prev->stream_ping, 15000);
 
     room = conf->room;
 
@@ -422,7 +454,7 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /* the numbers as the scripts take them, formatted once */
 
-    p = ngx_pnalloc(cf->pool, 4 * NGX_INT_T_LEN + 4);
+    p = ngx_pnalloc(cf->pool, 5 * NGX_INT_T_LEN + 4);
     if (p == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -438,6 +470,19 @@ ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     conf->ttl_ms.data = p;
     p = ngx_sprintf(p, "%M", conf->ttl);
     conf->ttl_ms.len = p - conf->ttl_ms.data;
+
+    /*
+     * A room's keys outlive its last user by the time the sweeps of the
+     * live streams need to announce the user's timeout: one every second,
+     * each answered within presence_redis_timeout (the main configuration
+     * is complete by the time locations are merged).
+     */
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_presence_module);
+
+    conf->key_life_arg.data = p;
+    p = ngx_sprintf(p, "%M", conf->ttl + 2 * pmcf->redis.timeout + 1000);
+    conf->key_life_arg.len = p - conf->key_life_arg.data;
 
     conf->ttl_json.data = p;
 
@@ -505,6 +550,9 @@ ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         break;
     case NGX_HTTP_PRESENCE_STATUS:
         clcf->handler = ngx_http_presence_status_handler;
+        break;
+    case NGX_HTTP_PRESENCE_STREAM:
+        clcf->handler = ngx_http_presence_stream_handler;
         break;
     default:
         clcf->handler = ngx_http_presence_update_handler;

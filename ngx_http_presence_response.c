@@ -78,7 +78,11 @@ static ngx_http_presence_err_t  ngx_http_presence_errors[] = {
 
     { NGX_HTTP_BAD_REQUEST, ngx_string("invalid_session_id"),
       ngx_string("The session id must be a non-empty string of valid UTF-8, "
-                 "without control characters, of at most 64 bytes.") }
+                 "without control characters, of at most 64 bytes.") },
+
+    { NGX_HTTP_SERVICE_UNAVAILABLE, ngx_string("too_many_streams"),
+      ngx_string("This server holds as many live streams as it may; "
+                 "poll the listing instead.") }
 };
 
 
@@ -172,49 +176,106 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply)
 {
     u_char                         digest[16], *etag;
-    size_t                         len, i, n, nusers;
-    ngx_buf_t                     *b;
+    uint64_t                       id;
+    ngx_int_t                      rc;
     ngx_str_t                      value, body;
     ngx_md5_t                      md5;
-    redisReply                    *el;
-    ngx_http_presence_member_t     *users, *u;
     ngx_http_presence_loc_conf_t   *plcf;
     ngx_http_presence_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
-
-    /* EXEC of the count and, unless the limit is 0, the members */
-
-    if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != (ctx->limit ? 2 : 1)
-        || reply->element[0]->type != REDIS_REPLY_INTEGER
-        || (ctx->limit && reply->element[1]->type != REDIS_REPLY_ARRAY))
-    {
-        ngx_presence_redis_unexpected(pmcf->rds, reply);
-        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
-    }
-
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
-    nusers = ctx->limit ? reply->element[1]->elements : 0;
+    rc = ngx_http_presence_listing(r->pool, pmcf->rds, reply, ctx->limit,
+                                   &ctx->room, &plcf->ttl_json, &body, &id);
 
-    users = ngx_palloc(r->pool,
-                       (nusers + 1) * sizeof(ngx_http_presence_member_t));
-    if (users == NULL) {
+    if (rc == NGX_ERROR) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rc == NGX_DECLINED) {
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+    }
+
+    /*
+     * A strong ETag is a hash of the very body: it changes when someone
+     * comes or goes, not when a listed user only heartbeats again.
+     */
+
+    ngx_md5_init(&md5);
+    ngx_md5_update(&md5, body.data, body.len);
+    ngx_md5_final(digest, &md5);
+
+    etag = ngx_pnalloc(r->pool, NGX_HTTP_PRESENCE_ETAG_LEN * 2 + 2);
+    if (etag == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    value.data = etag;
+    *etag++ = '"';
+    etag = ngx_hex_dump(etag, digest, NGX_HTTP_PRESENCE_ETAG_LEN);
+    *etag++ = '"';
+    value.len = etag - value.data;
+
+    if (ctx->cache) {
+        ngx_http_presence_cache_store(ctx, &body, &value);
+    }
+
+    return ngx_http_presence_send_listing(r, &body, &value);
+}
+
+
+/*
+ * The JSON of a listing from the reply of its transaction, in the pool:
+ * {"room":..,"ttl":..,"count":..,"users":[..]}, the users sorted, and the
+ * id of the room's last event, which the listing holds.  NGX_OK,
+ * NGX_ERROR, or NGX_DECLINED for a reply the scripts never give (logged).
+ */
+
+ngx_int_t
+ngx_http_presence_listing(ngx_pool_t *pool, ngx_presence_redis_t *rds,
+    redisReply *reply, ngx_uint_t limit, ngx_str_t *room, ngx_str_t *ttl,
+    ngx_str_t *body, uint64_t *id)
+{
+    size_t                       len, i, n, nusers;
+    ngx_buf_t                   *b;
+    redisReply                  *el, *head;
+    ngx_http_presence_member_t  *users, *u;
+
+    /* EXEC of {count, id} and, unless the limit is 0, the members */
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != (limit ? 2 : 1)
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[0]->elements != 2
+        || reply->element[0]->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[0]->element[1]->type != REDIS_REPLY_INTEGER
+        || (limit && reply->element[1]->type != REDIS_REPLY_ARRAY))
+    {
+        ngx_presence_redis_unexpected(rds, reply);
+        return NGX_DECLINED;
+    }
+
+    head = reply->element[0];
+    *id = (uint64_t) head->element[1]->integer;
+
+    nusers = limit ? reply->element[1]->elements : 0;
+
+    users = ngx_palloc(pool,
+                       (nusers + 1) * sizeof(ngx_http_presence_member_t));
+    if (users == NULL) {
+        return NGX_ERROR;
+    }
+
     len = sizeof("{\"room\":,\"ttl\":,\"count\":,\"users\":[]}") - 1
-          + ngx_http_presence_json_len(&ctx->room)
-          + plcf->ttl_json.len + NGX_INT64_LEN;
+          + ngx_http_presence_json_len(room) + ttl->len + NGX_INT64_LEN;
 
     for (i = 0; i < nusers; i++) {
         el = reply->element[1]->element[i];
 
         if (el->type != REDIS_REPLY_STRING) {
-            ngx_presence_redis_unexpected(pmcf->rds, el);
-            return ngx_http_presence_error(r,
-                                           NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+            ngx_presence_redis_unexpected(rds, el);
+            return NGX_DECLINED;
         }
 
         u = &users[i];
@@ -240,16 +301,15 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     ngx_qsort(users, nusers, sizeof(ngx_http_presence_member_t),
               ngx_http_presence_cmp_member);
 
-    b = ngx_create_temp_buf(r->pool, len);
+    b = ngx_create_temp_buf(pool, len);
     if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     b->last = ngx_cpymem(b->last, "{\"room\":", 8);
-    b->last = ngx_http_presence_json_str(b->last, &ctx->room);
+    b->last = ngx_http_presence_json_str(b->last, room);
     b->last = ngx_sprintf(b->last, ",\"ttl\":%V,\"count\":%L,\"users\":[",
-                          &plcf->ttl_json,
-                          (int64_t) reply->element[0]->integer);
+                          ttl, (int64_t) head->element[0]->integer);
 
     for (i = 0; i < nusers; i++) {
         u = &users[i];
@@ -272,34 +332,10 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
 
     b->last = ngx_cpymem(b->last, "]}", 2);
 
-    /*
-     * A strong ETag is a hash of the very body: it changes when someone
-     * comes or goes, not when a listed user only heartbeats again.
-     */
+    body->data = b->pos;
+    body->len = b->last - b->pos;
 
-    ngx_md5_init(&md5);
-    ngx_md5_update(&md5, b->pos, b->last - b->pos);
-    ngx_md5_final(digest, &md5);
-
-    etag = ngx_pnalloc(r->pool, NGX_HTTP_PRESENCE_ETAG_LEN * 2 + 2);
-    if (etag == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    value.data = etag;
-    *etag++ = '"';
-    etag = ngx_hex_dump(etag, digest, NGX_HTTP_PRESENCE_ETAG_LEN);
-    *etag++ = '"';
-    value.len = etag - value.data;
-
-    body.data = b->pos;
-    body.len = b->last - b->pos;
-
-    if (ctx->cache) {
-        ngx_http_presence_cache_store(ctx, &body, &value);
-    }
-
-    return ngx_http_presence_send_listing(r, &body, &value);
+    return NGX_OK;
 }
 
 
@@ -423,7 +459,8 @@ ngx_http_presence_error(ngx_http_request_t *r, ngx_int_t err)
         plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
 
         allow = (plcf->handler == NGX_HTTP_PRESENCE_ONLINE
-                 || plcf->handler == NGX_HTTP_PRESENCE_STATUS)
+                 || plcf->handler == NGX_HTTP_PRESENCE_STATUS
+                 || plcf->handler == NGX_HTTP_PRESENCE_STREAM)
                 ? &ngx_http_presence_allow_get : &ngx_http_presence_allow_post;
 
         if (ngx_http_presence_add_header(r, &allow_name, allow, NULL)

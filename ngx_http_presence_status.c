@@ -31,7 +31,8 @@ static u_char *ngx_http_presence_status_json(u_char *p,
     ngx_http_presence_shctx_t *sh);
 static u_char *ngx_http_presence_status_prometheus(u_char *p,
     ngx_http_presence_shctx_t *sh);
-static ngx_uint_t ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh);
+static ngx_uint_t ngx_http_presence_sum(ngx_http_presence_shctx_t *sh,
+    size_t offset);
 static ngx_presence_worker_t *ngx_http_presence_next_worker(
     ngx_http_presence_shctx_t *sh, ngx_uint_t *i);
 static ngx_int_t ngx_http_presence_worker_alive(ngx_presence_worker_t *w);
@@ -69,7 +70,10 @@ static ngx_http_presence_counter_t  ngx_http_presence_counter_list[] = {
                               "Redis connections opened again after a drop."),
     ngx_http_presence_counter(redis_rtt_us_sum,
                               "Microseconds from command to reply, summed."),
-    ngx_http_presence_counter(redis_rtt_count, "Redis replies timed.")
+    ngx_http_presence_counter(redis_rtt_count, "Redis replies timed."),
+    ngx_http_presence_counter(stream_events,
+                              "Joins and leaves written to live streams, "
+                              "one per stream.")
 };
 
 #define NGX_HTTP_PRESENCE_NCOUNTERS                                           \
@@ -132,7 +136,7 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     /* a generous bound: every line at its longest */
 
     size = NGX_HTTP_PRESENCE_NCOUNTERS * 256 + 512
-           + NGX_HTTP_PRESENCE_WORKERS * 128;
+           + NGX_HTTP_PRESENCE_WORKERS * 256;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -221,15 +225,20 @@ ngx_http_presence_status_json(u_char *p, ngx_http_presence_shctx_t *sh)
                         ngx_http_presence_counter_value(sh, i));
     }
 
-    p = ngx_sprintf(p, "\"redis_in_flight\":%ui,\"workers\":[",
-                    ngx_http_presence_in_flight(sh));
+    p = ngx_sprintf(p, "\"redis_in_flight\":%ui,\"streams\":%ui,"
+                    "\"workers\":[",
+                    ngx_http_presence_sum(sh, offsetof(ngx_presence_worker_t,
+                                                       in_flight)),
+                    ngx_http_presence_sum(sh, offsetof(ngx_presence_worker_t,
+                                                       streams)));
 
     for (i = 0, n = 0; (w = ngx_http_presence_next_worker(sh, &i)); n++) {
         p = ngx_sprintf(p, "%s{\"pid\":%uA,\"redis_connected\":%s,"
-                        "\"redis_in_flight\":%uA,\"redis_reconnects\":%uA}",
+                        "\"redis_in_flight\":%uA,\"redis_reconnects\":%uA,"
+                        "\"streams\":%uA}",
                         n ? "," : "", w->pid,
                         w->connected ? "true" : "false",
-                        w->in_flight, w->reconnects);
+                        w->in_flight, w->reconnects, w->streams);
     }
 
     return ngx_cpymem(p, "]}", 2);
@@ -257,10 +266,17 @@ ngx_http_presence_status_prometheus(u_char *p, ngx_http_presence_shctx_t *sh)
                     "Commands sent to Redis and not answered yet.\n"
                     "# TYPE nginx_presence_redis_in_flight gauge\n"
                     "nginx_presence_redis_in_flight %ui\n"
+                    "# HELP nginx_presence_streams "
+                    "Live streams open.\n"
+                    "# TYPE nginx_presence_streams gauge\n"
+                    "nginx_presence_streams %ui\n"
                     "# HELP nginx_presence_redis_connected "
                     "Whether a worker's Redis connection is up.\n"
                     "# TYPE nginx_presence_redis_connected gauge\n",
-                    ngx_http_presence_in_flight(sh));
+                    ngx_http_presence_sum(sh, offsetof(ngx_presence_worker_t,
+                                                       in_flight)),
+                    ngx_http_presence_sum(sh, offsetof(ngx_presence_worker_t,
+                                                       streams)));
 
     for (i = 0; (w = ngx_http_presence_next_worker(sh, &i)); /* void */) {
         p = ngx_sprintf(p, "nginx_presence_redis_connected{pid=\"%uA\"} %d\n",
@@ -302,13 +318,20 @@ ngx_http_presence_count(ngx_http_request_t *r, ngx_uint_t status)
         case NGX_HTTP_PRESENCE_ONLINE:
             counter = &c->listings;
             break;
-        default: /* NGX_HTTP_PRESENCE_STATUS */
+        default: /* NGX_HTTP_PRESENCE_STATUS, NGX_HTTP_PRESENCE_STREAM */
             return;
         }
 
         break;
 
     case NGX_HTTP_SERVICE_UNAVAILABLE:
+        plcf = ngx_http_get_module_loc_conf(r, ngx_http_presence_module);
+
+        if (plcf->handler == NGX_HTTP_PRESENCE_STREAM) {
+            /* presence_stream_max_clients, not Redis */
+            return;
+        }
+
         counter = &c->redis_unavailable;
         break;
 
@@ -339,10 +362,10 @@ ngx_http_presence_worker(void)
 }
 
 
-/* commands in flight on the connections of all live workers */
+/* a gauge of the live workers' slots, summed */
 
 static ngx_uint_t
-ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
+ngx_http_presence_sum(ngx_http_presence_shctx_t *sh, size_t offset)
 {
     ngx_uint_t              i, n;
     ngx_presence_worker_t  *w;
@@ -350,7 +373,7 @@ ngx_http_presence_in_flight(ngx_http_presence_shctx_t *sh)
     n = 0;
 
     for (i = 0; (w = ngx_http_presence_next_worker(sh, &i)); /* void */) {
-        n += w->in_flight;
+        n += *(ngx_atomic_t *) ((u_char *) w + offset);
     }
 
     return n;
@@ -602,6 +625,7 @@ ngx_http_presence_status_claim(ngx_cycle_t *cycle,
         w->in_flight = 0;
         w->reconnects = 0;
         w->connected = 0;
+        w->streams = 0;
         w->start = ngx_http_presence_start_time(ngx_pid, NULL);
         ngx_memory_barrier();
 
@@ -636,5 +660,6 @@ ngx_http_presence_status_release(void)
 
     w->connected = 0;
     w->in_flight = 0;
+    w->streams = 0;
     w->pid = 0;
 }

@@ -52,21 +52,72 @@ static void ngx_presence_redis_send_queue(ngx_presence_conn_t *conn,
  * has ended pruned from the room and from the sessions.  Numbers go to
  * Redis formatted as integers: a Lua number as an argument is printed as
  * a float, which took a tenth of Redis's time per heartbeat.
+ *
+ * Each user who comes or goes is an event for the live streams, event()
+ * below; a user pruned here goes with the reason "leave" when the
+ * session that ended last was a leave's grace, "timeout" otherwise.
  */
 
 #define NGX_PRESENCE_LUA_NOW                                                  \
     "local t = redis.call('TIME')\n"                                          \
     "local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"                     \
+    NGX_PRESENCE_LUA_EVENTS                                                   \
     "local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf',"               \
     " string.format('%d', now))\n"                                            \
     "if #gone > 0 then\n"                                                     \
+    "  local why = {}\n"                                                      \
+    "  for i, u in ipairs(gone) do\n"                                         \
+    "    local v, last = redis.call('HGET', KEYS[2], u), 0\n"                 \
+    "    why[i] = 'T'\n"                                                      \
+    "    for e in string.gmatch(v or '', '[^\\n]*\\n([^\\n]*)\\n') do\n"      \
+    "      e = tonumber(e)\n"                                                 \
+    "      if math.abs(e) >= last then\n"                                     \
+    "        last = math.abs(e)\n"                                            \
+    "        why[i] = e < 0 and 'L' or 'T'\n"                                 \
+    "      end\n"                                                             \
+    "    end\n"                                                               \
+    "  end\n"                                                                 \
     "  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf',"                       \
     " string.format('%d', now))\n"                                            \
     "  for i = 1, #gone, 1000 do\n"                                           \
     "    redis.call('HDEL', KEYS[2],"                                         \
     " unpack(gone, i, math.min(i + 999, #gone)))\n"                           \
     "  end\n"                                                                 \
+    "  local n = redis.call('ZCARD', KEYS[1])\n"                              \
+    "  for i, u in ipairs(gone) do event(why[i], u, n + #gone - i) end\n"     \
     "end\n"
+
+/*
+ * The events of a script, published at its end on the room's channel
+ * KEYS[1]..":e", one line each: "<id> <J|L|T> <count> <user>\n" (a user
+ * id has no control characters).  KEYS[3] holds the room's last id.  An
+ * id is never below the Redis clock in ms: when the key has expired, the
+ * ids still go on increasing, and a snapshot of a room without the key
+ * takes the clock as its id (ngx_presence_scripts[ONLINE]).
+ */
+
+#define NGX_PRESENCE_LUA_EVENTS                                               \
+    "local ev = {}\n"                                                         \
+    "local function event(kind, user, count)\n"                               \
+    "  ev[#ev + 1] = kind .. ' ' .. string.format('%d', count) .. ' '"        \
+    " .. user .. '\\n'\n"                                                     \
+    "end\n"                                                                   \
+    "local function publish()\n"                                              \
+    "  if #ev == 0 then return end\n"                                         \
+    "  local id = math.max(tonumber(redis.call('GET', KEYS[3]) or 0), now)\n" \
+    "  for i = 1, #ev do\n"                                                   \
+    "    ev[i] = string.format('%d', id + i) .. ' ' .. ev[i]\n"               \
+    "  end\n"                                                                 \
+    "  redis.call('SET', KEYS[3], string.format('%d', id + #ev),"             \
+    " 'PX', '" NGX_PRESENCE_VERSION_TTL "')\n"                                \
+    "  redis.call('PUBLISH', KEYS[1] .. ':e', table.concat(ev))\n"            \
+    "end\n"
+
+/*
+ * The last id outlives the room by a minute: ids stay above those sent
+ * before, even after a burst of more events than milliseconds
+ */
+#define NGX_PRESENCE_VERSION_TTL  "60000"
 
 /*
  * A user's sessions: load() the live ones of a field, store() them back
@@ -123,15 +174,18 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
     /*
      * heartbeat: ARGV[1] user, ARGV[2] ttl in ms, ARGV[3] session ('' for
      * the default one), ARGV[4] most sessions; a new session beyond them
-     * replaces the one seen least recently.  Returns {count, sessions}.
+     * replaces the one seen least recently; ARGV[5] how long the keys live
+     * after it (longer than the ttl: a key that expires takes its users
+     * with it unannounced, so the sweeps must find them first).  Returns
+     * {count, sessions}.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
                NGX_PRESENCE_LUA_SESSIONS
                NGX_PRESENCE_LUA_EXTEND
                "local user, id = ARGV[1], ARGV[3]\n"
-               "local ttl = tonumber(ARGV[2])\n"
+               "local ttl, life = tonumber(ARGV[2]), tonumber(ARGV[5])\n"
                "local v = redis.call('HGET', KEYS[2], user)\n"
-               "local n = 1\n"
+               "local n, joined = 1, false\n"
                "if v or id ~= '' then\n"
                "  local s = {}\n"
                "  if v then\n"
@@ -139,6 +193,7 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "  else\n"
                "    local old = redis.call('ZSCORE', KEYS[1], user)\n"
                "    if old then s[1] = {'', tonumber(old)} end\n"
+               "    joined = not old\n"
                "  end\n"
                "  local this\n"
                "  for _, x in ipairs(s) do\n"
@@ -158,13 +213,18 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "  end\n"
                "  this[2] = now + ttl\n"
                "  n = store(user, s)\n"
-               "  extend(KEYS[2], ttl)\n"
+               "  extend(KEYS[2], life)\n"
                "else\n"
-               "  redis.call('ZADD', KEYS[1], string.format('%d', now + ttl),"
-               " user)\n"
+               "  joined = redis.call('ZADD', KEYS[1],"
+               " string.format('%d', now + ttl), user) == 1\n"
                "end\n"
-               "extend(KEYS[1], ttl)\n"
-               "return {redis.call('ZCARD', KEYS[1]), n}\n"),
+               "extend(KEYS[1], life)\n"
+               "local count = redis.call('ZCARD', KEYS[1])\n"
+               "if joined then\n"
+               "  event('J', user, count)\n"
+               "  publish()\n"
+               "end\n"
+               "return {count, n}\n"),
 
     /*
      * leave: ARGV[1] user, ARGV[2] session ('' for all of the user's),
@@ -175,9 +235,9 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                NGX_PRESENCE_LUA_SESSIONS
                "local user, id = ARGV[1], ARGV[2]\n"
                "local grace = tonumber(ARGV[3])\n"
-               "local n = 0\n"
+               "local n, left = 0, false\n"
                "if id == '' then\n"
-               "  redis.call('ZREM', KEYS[1], user)\n"
+               "  left = redis.call('ZREM', KEYS[1], user) == 1\n"
                "  redis.call('HDEL', KEYS[2], user)\n"
                "else\n"
                "  local v = redis.call('HGET', KEYS[2], user)\n"
@@ -192,25 +252,34 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "      end\n"
                "    end\n"
                "    n = store(user, keep)\n"
+               "    left = #keep == 0\n"
                "  elseif redis.call('ZSCORE', KEYS[1], user) then\n"
                "    n = 1\n"
                "  end\n"
                "end\n"
-               "return {redis.call('ZCARD', KEYS[1]), n}\n"),
+               "local count = redis.call('ZCARD', KEYS[1])\n"
+               "if left then event('L', user, count) end\n"
+               "publish()\n"
+               "return {count, n}\n"),
 
     /*
-     * online: returns the count; the members come from a ZREVRANGE in the
+     * online: returns {count, id}, the id of the room's last event (the
+     * clock when there is none): a stream's snapshot holds every event up
+     * to it and none after.  The members come from a ZREVRANGE in the
      * same MULTI, which answers straight from Redis: a thousand members
-     * through a Lua table cost Redis three times as much
+     * through a Lua table cost Redis three times as much.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
-               "return redis.call('ZCARD', KEYS[1])\n"),
+               "publish()\n"
+               "return {redis.call('ZCARD', KEYS[1]),"
+               " tonumber(redis.call('GET', KEYS[3]) or now)}\n"),
 
     /*
      * lookup: ARGV[1] user; returns {ms left, sessions}, {0, 0} when the
      * user is not online
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
+               "publish()\n"
                "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])\n"
                "if not s then return {0, 0} end\n"
                "local n = 1\n"
@@ -221,12 +290,25 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "    if tonumber(e) > now then n = n + 1 end\n"
                "  end\n"
                "end\n"
-               "return {tonumber(s) - now, n}\n")
+               "return {tonumber(s) - now, n}\n"),
+
+    /*
+     * sweep, by the workers that hold streams of the room: the prune
+     * alone, so that a timeout is an event even when nobody touches the
+     * room.  Returns the ms until the next user's time runs out, -1 for
+     * an empty room.
+     */
+    ngx_string(NGX_PRESENCE_LUA_NOW
+               "publish()\n"
+               "local f = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')\n"
+               "if #f == 0 then return -1 end\n"
+               "return tonumber(f[2]) - now\n")
 };
 
 
-/* the key of a room's sessions: the room's key and this */
+/* the keys of a room's sessions and of its last event id */
 #define NGX_PRESENCE_SESSIONS_SUFFIX  ":s"
+#define NGX_PRESENCE_VERSION_SUFFIX   ":v"
 
 
 /* the SHA1 of each script, as EVALSHA takes it */
@@ -257,9 +339,10 @@ ngx_presence_redis_eval(ngx_presence_redis_t *rds, ngx_uint_t script,
 
 
 /*
- * A listing is MULTI, the script (prune, count), ZREVRANGE of the limit
- * most recently seen, EXEC; only the reply of EXEC, [count, members] or
- * [count] for a limit of 0, comes to the handler.
+ * A listing is MULTI, the script (prune, count, last event id), ZREVRANGE
+ * of the limit most recently seen, EXEC; only the reply of EXEC,
+ * [[count, id], members] or [[count, id]] for a limit of 0, comes to the
+ * handler.
  */
 
 ngx_presence_cmd_t *
@@ -309,10 +392,11 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
         return NULL;
     }
 
-    /* the room's key, and its sessions' key: the same hash tag, one slot */
+    /* the room's key, its sessions' and its last id's: one hash tag */
 
-    size = sizeof(ngx_presence_cmd_t) + 2 * key->len
-           + sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1;
+    size = sizeof(ngx_presence_cmd_t) + 3 * key->len
+           + sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1
+           + sizeof(NGX_PRESENCE_VERSION_SUFFIX) - 1;
 
     for (i = 0; i < nargs; i++) {
         size += args[i].len;
@@ -330,13 +414,13 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     cmd->data = data;
     cmd->log = log;
     cmd->script = script;
-    cmd->argc = 5 + nargs;
+    cmd->argc = 6 + nargs;
 
     cmd->argv[0] = "EVALSHA";
     cmd->argvlen[0] = 7;
     cmd->argv[1] = (char *) ngx_presence_sha[script];
     cmd->argvlen[1] = 40;
-    cmd->argv[2] = "2";
+    cmd->argv[2] = "3";
     cmd->argvlen[2] = 1;
 
     p = (u_char *) cmd + sizeof(ngx_presence_cmd_t);
@@ -351,9 +435,15 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     p = ngx_cpymem(p, NGX_PRESENCE_SESSIONS_SUFFIX,
                    sizeof(NGX_PRESENCE_SESSIONS_SUFFIX) - 1);
 
+    cmd->argv[5] = (char *) p;
+    cmd->argvlen[5] = key->len + sizeof(NGX_PRESENCE_VERSION_SUFFIX) - 1;
+    p = ngx_cpymem(p, key->data, key->len);
+    p = ngx_cpymem(p, NGX_PRESENCE_VERSION_SUFFIX,
+                   sizeof(NGX_PRESENCE_VERSION_SUFFIX) - 1);
+
     for (i = 0; i < nargs; i++) {
-        cmd->argv[5 + i] = (char *) p;
-        cmd->argvlen[5 + i] = args[i].len;
+        cmd->argv[6 + i] = (char *) p;
+        cmd->argvlen[6 + i] = args[i].len;
 
         /* an empty argument (no session) may have no data at all */
         if (args[i].len) {
@@ -907,4 +997,5 @@ ngx_presence_redis_destroy(ngx_presence_redis_t *rds)
     rds->exiting = 1;
 
     ngx_presence_redis_conn_close(&rds->data);
+    ngx_presence_redis_pubsub_close(rds);
 }

@@ -22,10 +22,11 @@
 #define NGX_PRESENCE_LEAVE         1
 #define NGX_PRESENCE_ONLINE        2
 #define NGX_PRESENCE_LOOKUP        3
-#define NGX_PRESENCE_NSCRIPTS      4
+#define NGX_PRESENCE_SWEEP         4
+#define NGX_PRESENCE_NSCRIPTS      5
 
 /* at most this many arguments after the keys */
-#define NGX_PRESENCE_MAX_ARGS      4
+#define NGX_PRESENCE_MAX_ARGS      5
 
 
 typedef struct ngx_presence_cmd_s    ngx_presence_cmd_t;
@@ -39,6 +40,19 @@ typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
  * the handler returns.
  */
 typedef void (*ngx_presence_reply_pt)(void *data, redisReply *reply);
+
+/*
+ * What the subscriber connection tells the live streams: it is ready (to
+ * subscribe), it is gone (with every subscription), a channel is
+ * subscribed, or a message came on one (channel and message set).
+ */
+#define NGX_PRESENCE_PUBSUB_READY       0
+#define NGX_PRESENCE_PUBSUB_DOWN        1
+#define NGX_PRESENCE_PUBSUB_SUBSCRIBED  2
+#define NGX_PRESENCE_PUBSUB_MESSAGE     3
+
+typedef void (*ngx_presence_pubsub_pt)(ngx_uint_t what, ngx_str_t *channel,
+    ngx_str_t *message);
 
 
 typedef struct {
@@ -67,6 +81,7 @@ typedef struct {
     ngx_atomic_t               redis_reconnects;
     ngx_atomic_t               redis_rtt_us_sum;
     ngx_atomic_t               redis_rtt_count;
+    ngx_atomic_t               stream_events;
 } ngx_presence_counters_t;
 
 
@@ -79,6 +94,7 @@ typedef struct {
     ngx_atomic_t               in_flight;
     ngx_atomic_t               reconnects;
     ngx_atomic_t               connected;
+    ngx_atomic_t               streams;
 } ngx_presence_worker_t;
 
 
@@ -101,13 +117,20 @@ void ngx_presence_redis_timed_out(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_unexpected(ngx_presence_redis_t *rds,
     redisReply *reply);
 
+void ngx_presence_redis_pubsub_handler(ngx_presence_redis_t *rds,
+    ngx_presence_pubsub_pt handler);
+ngx_int_t ngx_presence_redis_subscribe(ngx_presence_redis_t *rds,
+    ngx_str_t *channel);
+void ngx_presence_redis_unsubscribe(ngx_presence_redis_t *rds,
+    ngx_str_t *channel);
+
 
 /*
  * Inside the Redis side: a command, a connection and a worker's context.
  * ngx_presence_redis.c has the scripts and the commands,
  * ngx_presence_redis_conn.c the life of a connection,
  * ngx_presence_redis_adapter.c its events, ngx_presence_redis_reply.c
- * the replies.
+ * the replies, ngx_presence_redis_pubsub.c the subscriber connection.
  */
 
 #define NGX_PRESENCE_DOWN          0
@@ -135,8 +158,9 @@ struct ngx_presence_cmd_s {
     unsigned                       queued:1;
     unsigned                       retried:1;
 
-    const char                    *argv[5 + NGX_PRESENCE_MAX_ARGS];
-    size_t                         argvlen[5 + NGX_PRESENCE_MAX_ARGS];
+    /* EVALSHA sha 3 room sessions version args... */
+    const char                    *argv[6 + NGX_PRESENCE_MAX_ARGS];
+    size_t                         argvlen[6 + NGX_PRESENCE_MAX_ARGS];
 
     /* a listing: ZREVRANGE <key> 0 <limit - 1>, none when the limit is 0 */
     ngx_uint_t                     limit;
@@ -172,6 +196,8 @@ struct ngx_presence_conn_s {
     unsigned                       unexpected:1;
     /* a transaction was left open: nothing more may go on this connection */
     unsigned                       broken:1;
+    /* the subscriber connection of the live streams */
+    unsigned                       pubsub:1;
 };
 
 
@@ -184,7 +210,12 @@ struct ngx_presence_redis_s {
     /* the one data connection; a cluster would add one per master */
     ngx_presence_conn_t            data;
 
+    /* the subscriber connection, from the worker's first stream on */
+    ngx_presence_conn_t            sub;
+    ngx_presence_pubsub_pt         pubsub;
+
     unsigned                       exiting:1;
+    unsigned                       sub_started:1;
 };
 
 
@@ -201,6 +232,11 @@ void ngx_presence_redis_closed(redisAsyncContext *ac);
 void ngx_presence_redis_load_scripts(ngx_presence_conn_t *conn);
 void ngx_presence_redis_flush(ngx_presence_conn_t *conn);
 void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
+
+/* ngx_presence_redis_pubsub.c */
+void ngx_presence_redis_pubsub_ready(ngx_presence_redis_t *rds);
+void ngx_presence_redis_pubsub_down(ngx_presence_redis_t *rds);
+void ngx_presence_redis_pubsub_close(ngx_presence_redis_t *rds);
 
 /* ngx_presence_redis_adapter.c */
 ngx_int_t ngx_presence_redis_attach(redisAsyncContext *ac, ngx_log_t *log);

@@ -122,7 +122,11 @@ ngx_presence_redis_connect(ngx_presence_conn_t *conn)
      * and allocates it again for the next: listings would do that all day
      */
     ac->c.reader->maxbuf = 0;
-    ac->c.reader->fn = &ngx_presence_reply_functions;
+
+    /* hiredis reads pub/sub messages with its own reply objects only */
+    if (!conn->pubsub) {
+        ac->c.reader->fn = &ngx_presence_reply_functions;
+    }
 
     conn->ac = ac;
     conn->state = NGX_PRESENCE_CONNECTING;
@@ -157,6 +161,24 @@ ngx_presence_redis_send_handshake(ngx_presence_conn_t *conn)
     rcf = conn->redis->conf;
 
     conn->handshake = 0;
+
+    if (conn->pubsub) {
+        /* a subscriber needs AUTH only; PING says it is ready without */
+
+        argv[0] = rcf->password.len ? "AUTH" : "PING";
+        len[0] = 4;
+        argv[1] = (char *) rcf->password.data;
+        len[1] = rcf->password.len;
+
+        if (redisAsyncCommandArgv(ac, ngx_presence_redis_handshake_reply,
+                                  NULL, rcf->password.len ? 2 : 1, argv, len)
+            == REDIS_OK)
+        {
+            conn->handshake++;
+        }
+
+        return;
+    }
 
     if (rcf->password.len) {
         argv[0] = "AUTH";
@@ -236,6 +258,15 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     conn->state = NGX_PRESENCE_READY;
     conn->backoff = NGX_PRESENCE_BACKOFF_MIN;
     conn->failures = 0;
+
+    if (conn->pubsub) {
+        ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
+                      "presence: subscribed to redis at \"%V\" for the "
+                      "live streams", &rds->conf->name);
+
+        ngx_presence_redis_pubsub_ready(rds);
+        return;
+    }
 
     if (conn->connects++) {
         rds->worker->reconnects++;
@@ -408,13 +439,20 @@ ngx_presence_redis_closed(redisAsyncContext *ac)
                    "presence: redis connection closed");
 
     conn->ac = NULL;
-    conn->redis->worker->connected = 0;
 
     if (conn->timer.timer_set) {
         ngx_del_timer(&conn->timer);
     }
 
     ngx_presence_redis_schedule(conn);
+
+    if (conn->pubsub) {
+        /* the streams learn that their events may have been missed */
+        ngx_presence_redis_pubsub_down(conn->redis);
+        return;
+    }
+
+    conn->redis->worker->connected = 0;
 
     /* 503 to those that waited for this connection */
 
