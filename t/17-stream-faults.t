@@ -108,8 +108,13 @@ is(scalar(grep {
 is(scalar(grep { $_->closed } @st), 0, '  the streams stay open');
 
 $r->start;
-ok(wait_for(sub { $ng->post('/hb', { user_id => 'u3' })->{status} == 200 }, 5),
-   'redis back (empty): a heartbeat succeeds');
+# every worker has reconnected (each on its own backoff) before the
+# heartbeats that must land, whichever worker takes them
+ok(wait_for(sub {
+    my $s = $ng->get('/status')->{json};
+    $s && !grep { !$_->{redis_connected} } @{ $s->{workers} };
+}, scaled(5)), 'redis back (empty): every worker reconnects');
+hb($ng, 'u3');
 hb($ng, 'u4');
 hb($ng, 'o2', '/other/hb');
 # a fresh snapshot after the unavailable on every stream
