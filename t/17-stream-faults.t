@@ -283,7 +283,10 @@ ok(wait_for(sub { streams_open($slow_ng) == @readers }, 5),
    '  nginx drops the streams that do not read')
     or diag 'streams: ' . streams_open($slow_ng);
 my $rss1 = rss_kb();
-my $limit = 4096 * ($ENV{TEST_NGINX_ASAN} || $VALGRIND ? 8 : 1);
+# ASan keeps what is freed in its quarantine (256 MB by default), and
+# valgrind's RSS is its own as much as nginx's: there the bound only
+# catches a runaway (the drop above is what they check)
+my $limit = 4096 * ($ENV{TEST_NGINX_ASAN} ? 32 : $VALGRIND ? 8 : 1);
 ok($rss1 - $rss0 < $limit,
    sprintf '  the worker\'s RSS grew by %d kB (< %d kB)', $rss1 - $rss0, $limit);
 
