@@ -14,7 +14,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use JSON::PP ();
-use POSIX qw(_exit WNOHANG);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Presence::Test;
@@ -113,7 +112,7 @@ $r->start;
 ok(wait_for(sub {
     my $s = $ng->get('/status')->{json};
     $s && !grep { !$_->{redis_connected} } @{ $s->{workers} };
-}, scaled(5)), 'redis back (empty): every worker reconnects');
+}, 5), 'redis back (empty): every worker reconnects');
 hb($ng, 'u3');
 hb($ng, 'u4');
 hb($ng, 'o2', '/other/hb');
@@ -187,7 +186,7 @@ sub end_all {
     is_deeply(\@alerts, [], '  no alert in the error.log');
 }
 
-is(streams_open($ng), 0, 'no stream open');
+ok(wait_for(sub { streams_open($ng) == 0 }, 5), 'no stream open');
 my @many = streams($ng, '/stream', 200);
 ok(wait_for(sub { streams_open($ng) == 200 }, 5), '200 streams open');
 end_all('reload', @many);
@@ -224,17 +223,20 @@ sub rss_kb {
 
 my $JSON = JSON::PP->new->canonical;
 
-# $n users with long ids join and leave, pipelined 100 to a connection,
-# from a child process; returns its pid
+# $n users with long ids join and leave, pipelined 100 to a connection;
+# after each hundred the streams in @readers are read until they have its
+# events, so that a reader is never more than a hundred events (18 kB)
+# behind, whatever the machine's load: only the streams that do not read
+# fall behind.  True when every request got its 200.
 sub flood {
-    my ($ng, $tag, $n) = @_;
-    my $kid = fork // die "fork: $!";
-    return $kid if $kid;
+    my ($ng, $tag, $n, @readers) = @_;
     my @req;
     for my $op ('/hb', '/leave') {
         push @req, map { [$op, { user_id => sprintf('%s-%04d-%s', $tag, $_, 'x' x 100) }] }
                    1 .. $n;
     }
+    my %base = map { $_ => scalar $_->events } @readers;
+    my $sent = 0;
     while (my @batch = splice @req, 0, 100) {
         my $raw = '';
         for my $k (0 .. $#batch) {
@@ -246,21 +248,17 @@ sub flood {
                   . "\r\n$body";
         }
         my @res = $ng->raw($raw, timeout => 30);
-        _exit(1) unless @res == @batch && !grep { $_->{status} != 200 } @res;
+        if (@res != @batch || grep { $_->{status} != 200 } @res) {
+            diag 'flood: ' . scalar(@res) . ' answers to ' . @batch
+                 . ', statuses ' . join ' ', map { $_->{status} } @res;
+            return 0;
+        }
+        $sent += @batch;
+        sse_wait_all(\@readers, sub {
+            !grep { $_->events < $base{$_} + $sent } @readers
+        }, 10) or return 0;
     }
-    _exit(0);
-}
-
-# reads the streams until the child is done; its exit status
-sub read_until_done {
-    my ($kid, @st) = @_;
-    my $status;
-    sse_wait_all(\@st, sub {
-        my $w = waitpid $kid, WNOHANG;
-        $status = $? if $w == $kid;
-        return defined $status;
-    }, 300);
-    return $status;
+    return 1;
 }
 
 my $SLOW = $VALGRIND ? 5 : 20;
@@ -269,7 +267,7 @@ my @readers = streams($slow_ng, '/stream', 2);
 my @slow = streams($slow_ng, '/stream', $SLOW, rcvbuf => 4096);
 
 # a first round with everyone reading: the worker's memory warms up
-is(read_until_done(flood($slow_ng, 'warm', 100), @readers, @slow), 0,
+ok(flood($slow_ng, 'warm', 100, @readers, @slow),
    'warm-up: 100 joins and leaves');
 ok(sse_wait_all([@readers, @slow],
                 sub { !grep { $_->events_of('leave') < 100 } @readers, @slow }, 10),
@@ -279,13 +277,16 @@ my $rss0 = rss_kb();
 $_->stop_reading for @slow;
 my $bytes0 = 0;
 $bytes0 += $_->bytes_read for @slow;
-is(read_until_done(flood($slow_ng, 'flood', $N), @readers), 0,
+ok(flood($slow_ng, 'flood', $N, @readers),
    "$SLOW streams stop reading; $N users with 120-byte ids join and leave");
 ok(wait_for(sub { streams_open($slow_ng) == @readers }, 5),
    '  nginx drops the streams that do not read')
     or diag 'streams: ' . streams_open($slow_ng);
 my $rss1 = rss_kb();
-my $limit = 4096 * ($ENV{TEST_NGINX_ASAN} || $VALGRIND ? 8 : 1);
+# ASan keeps what is freed in its quarantine (256 MB by default), and
+# valgrind's RSS is its own as much as nginx's: there the bound only
+# catches a runaway (the drop above is what they check)
+my $limit = 4096 * ($ENV{TEST_NGINX_ASAN} ? 32 : $VALGRIND ? 16 : 1);
 ok($rss1 - $rss0 < $limit,
    sprintf '  the worker\'s RSS grew by %d kB (< %d kB)', $rss1 - $rss0, $limit);
 
@@ -305,7 +306,9 @@ is(scalar(grep { @{ sse_replay($_->events)->{errors} } } @slow), 0,
 
 hb($slow_ng, 'zz-last');
 ok(sse_wait_all(\@readers, sub { !grep { !joined($_, 'zz-last') } @readers }, 10),
-   'the readers get everything');
+   'the readers get everything')
+    or diag join "\n", map { sprintf 'reader: %d bytes, %d events, eof %d',
+                                 $_->bytes_read, scalar $_->events, $_->eof } @readers;
 my $final = $slow_ng->get('/online')->{json};
 for my $s (@readers) {
     my $rep = sse_replay($s->events);

@@ -527,7 +527,9 @@ sub poll_all { $_->poll for @{ $_[0] } }
 #   { users => [sorted], count => N, snapshot => the last snapshot event,
 #     id => the last id applied, errors => [what was wrong] }
 # errors: no snapshot first, an id that is not a decimal integer, ids not
-# strictly increasing, an event at or below its snapshot's id, bad JSON; with
+# strictly increasing (a later snapshot may repeat the last id: it holds
+# every event up to its id), an event at or below its snapshot's id, bad
+# JSON; with
 # a full snapshot (every user listed) also a join of a user already there,
 # a leave of one not there, a count that is not the number of users.
 sub replay {
@@ -546,8 +548,11 @@ sub replay {
         my $id = $ev->{id};
         if (!defined $id || $id !~ /^[0-9]+$/) {
             push @errors, "no decimal id: $where";
-        } elsif (defined $last && !_id_gt($id, $last)) {
-            push @errors, "id not above the previous $last: $where";
+        } elsif (defined $last && $t eq 'snapshot' ? _id_gt($last, $id)
+                                                   : defined $last && !_id_gt($id, $last)) {
+            # a snapshot carries the id of the last event it holds: a
+            # fresh one may repeat the last id (nothing happened since)
+            push @errors, "id out of order after $last: $where";
         }
         if ($t eq 'snapshot') {
             %users = map { $_ => 1 } @{ $j->{users} || [] };
