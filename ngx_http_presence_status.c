@@ -139,7 +139,7 @@ ngx_http_presence_status_handler(ngx_http_request_t *r)
     /* a generous bound: every line at its longest */
 
     size = NGX_HTTP_PRESENCE_NCOUNTERS * 256 + 512
-           + NGX_HTTP_PRESENCE_WORKERS * 128;
+           + NGX_HTTP_PRESENCE_WORKERS * 256;
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {

@@ -52,6 +52,9 @@
 #define NGX_HTTP_PRESENCE_RETRY_WAIT      2    /* it failed, asked again */
 #define NGX_HTTP_PRESENCE_LIVE            3
 
+/* any of them, to ngx_http_presence_room_each() */
+#define NGX_HTTP_PRESENCE_ANY             ((ngx_uint_t) -1)
+
 /* a room's subscription */
 #define NGX_HTTP_PRESENCE_UNSUBSCRIBED    0
 #define NGX_HTTP_PRESENCE_SUBSCRIBING     1
@@ -62,6 +65,8 @@ typedef struct ngx_http_presence_room_s    ngx_http_presence_room_t;
 typedef struct ngx_http_presence_stream_s  ngx_http_presence_stream_t;
 typedef struct ngx_http_presence_event_s   ngx_http_presence_event_t;
 typedef struct ngx_http_presence_out_s     ngx_http_presence_out_t;
+
+typedef void (*ngx_http_presence_stream_pt)(ngx_http_presence_stream_t *st);
 
 
 /* an event as every stream of a room sends it */
@@ -135,6 +140,10 @@ static void ngx_http_presence_room_subscribe(ngx_http_presence_room_t *room);
 static void ngx_http_presence_room_clear(ngx_http_presence_room_t *room);
 static void ngx_http_presence_room_lost(ngx_http_presence_room_t *room);
 static void ngx_http_presence_room_stale(ngx_http_presence_room_t *room);
+static void ngx_http_presence_stream_stale(ngx_http_presence_stream_t *st);
+static void ngx_http_presence_room_each(ngx_http_presence_room_t *room,
+    ngx_uint_t state, ngx_http_presence_stream_pt handler);
+static void ngx_http_presence_stream_lost(ngx_http_presence_stream_t *st);
 static void ngx_http_presence_sweep_handler(ngx_event_t *ev);
 static void ngx_http_presence_sweep_reply(void *data, redisReply *reply);
 static void ngx_http_presence_sweep_after(ngx_http_presence_room_t *room,
@@ -521,33 +530,30 @@ ngx_http_presence_room_clear(ngx_http_presence_room_t *room)
 static void
 ngx_http_presence_room_lost(ngx_http_presence_room_t *room)
 {
-    ngx_queue_t                 *q, *next;
-    ngx_http_presence_stream_t  *st;
-
     room->state = NGX_HTTP_PRESENCE_UNSUBSCRIBED;
+
     room->busy++;
 
-    for (q = ngx_queue_head(&room->streams);
-         q != ngx_queue_sentinel(&room->streams);
-         q = next)
-    {
-        next = ngx_queue_next(q);
-        st = ngx_queue_data(q, ngx_http_presence_stream_t, queue);
-
-        if (st->cmd) {
-            ngx_presence_redis_detach(st->cmd);
-            st->cmd = NULL;
-            room->waiting--;
-        }
-
-        ngx_http_presence_unavailable(st, 0);
-        st->state = NGX_HTTP_PRESENCE_SUBSCRIBE;
-    }
+    ngx_http_presence_room_each(room, NGX_HTTP_PRESENCE_ANY,
+                                ngx_http_presence_stream_lost);
+    ngx_http_presence_room_clear(room);
 
     room->busy--;
-
-    ngx_http_presence_room_clear(room);
     ngx_http_presence_room_put(room);
+}
+
+
+static void
+ngx_http_presence_stream_lost(ngx_http_presence_stream_t *st)
+{
+    if (st->cmd) {
+        ngx_presence_redis_detach(st->cmd);
+        st->cmd = NULL;
+        st->room->waiting--;
+    }
+
+    st->state = NGX_HTTP_PRESENCE_SUBSCRIBE;
+    ngx_http_presence_unavailable(st, 0);
 }
 
 
@@ -621,6 +627,28 @@ ngx_http_presence_sweep_reply(void *data, redisReply *reply)
 static void
 ngx_http_presence_room_stale(ngx_http_presence_room_t *room)
 {
+    ngx_http_presence_room_each(room, NGX_HTTP_PRESENCE_LIVE,
+                                ngx_http_presence_stream_stale);
+}
+
+
+static void
+ngx_http_presence_stream_stale(ngx_http_presence_stream_t *st)
+{
+    ngx_http_presence_unavailable(st, NGX_HTTP_PRESENCE_RETRY);
+}
+
+
+/*
+ * Calls handler for each stream of the room in the state given (any with
+ * NGX_HTTP_PRESENCE_ANY).  A stream may leave meanwhile, the last one
+ * too: the room goes only once the walk is over.
+ */
+
+static void
+ngx_http_presence_room_each(ngx_http_presence_room_t *room, ngx_uint_t state,
+    ngx_http_presence_stream_pt handler)
+{
     ngx_queue_t                 *q, *next;
     ngx_http_presence_stream_t  *st;
 
@@ -633,8 +661,8 @@ ngx_http_presence_room_stale(ngx_http_presence_room_t *room)
         next = ngx_queue_next(q);
         st = ngx_queue_data(q, ngx_http_presence_stream_t, queue);
 
-        if (st->state == NGX_HTTP_PRESENCE_LIVE) {
-            ngx_http_presence_unavailable(st, NGX_HTTP_PRESENCE_RETRY);
+        if (state == NGX_HTTP_PRESENCE_ANY || st->state == state) {
+            handler(st);
         }
     }
 
@@ -662,10 +690,8 @@ static void
 ngx_http_presence_pubsub(ngx_uint_t what, ngx_str_t *channel,
     ngx_str_t *message)
 {
-    ngx_queue_t                 *q, *next;
-    ngx_rbtree_node_t           *node, *root, *sentinel;
-    ngx_http_presence_room_t    *room;
-    ngx_http_presence_stream_t  *st;
+    ngx_rbtree_node_t         *node, *root, *sentinel;
+    ngx_http_presence_room_t  *room;
 
     root = ngx_http_presence_rooms.root;
     sentinel = ngx_http_presence_rooms.sentinel;
@@ -735,23 +761,8 @@ ngx_http_presence_pubsub(ngx_uint_t what, ngx_str_t *channel,
 
         ngx_http_presence_sweep_after(room, 0);
 
-        room->busy++;
-
-        for (q = ngx_queue_head(&room->streams);
-             q != ngx_queue_sentinel(&room->streams);
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            st = ngx_queue_data(q, ngx_http_presence_stream_t, queue);
-
-            if (st->state == NGX_HTTP_PRESENCE_SUBSCRIBE) {
-                ngx_http_presence_snapshot(st);
-            }
-        }
-
-        room->busy--;
-        ngx_http_presence_room_put(room);
-
+        ngx_http_presence_room_each(room, NGX_HTTP_PRESENCE_SUBSCRIBE,
+                                    ngx_http_presence_snapshot);
         return;
 
     default: /* NGX_PRESENCE_PUBSUB_MESSAGE */

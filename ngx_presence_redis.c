@@ -113,14 +113,15 @@ static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
     "  for i = 1, #ev do\n"                                                   \
     "    ev[i] = string.format('%d', id + i) .. ' ' .. ev[i]\n"               \
     "  end\n"                                                                 \
-    "  redis.call('SET', KEYS[3], string.format('%d', id + #ev),"             \
-    " 'PX', '" NGX_PRESENCE_VERSION_TTL "')\n"                                \
+    "  redis.call('SET', KEYS[3], string.format('%d', id + #ev), 'PX',"       \
+    " string.format('%d', id + #ev - now + " NGX_PRESENCE_VERSION_TTL "))\n"  \
     "  redis.call('PUBLISH', KEYS[1] .. ':e', table.concat(ev))\n"            \
     "end\n"
 
 /*
- * The last id outlives the room by a minute: ids stay above those sent
- * before, even after a burst of more events than milliseconds
+ * The last id lives a minute after the clock has passed it: ids stay above
+ * those sent before, even after a burst of more events than milliseconds
+ * (a prune of a million users) took them ahead of the clock
  */
 #define NGX_PRESENCE_VERSION_TTL  "60000"
 

@@ -7,6 +7,28 @@
  *   POST api/leave     {"user_id": name, "session_id": tab}
  *                      -> {"user_id","room","online","sessions"}
  *   GET  api/online (If-None-Match) -> {"room","ttl","count","users"} or 304
+ *   GET  api/stream    (EventSource)   -> text/event-stream: `snapshot`
+ *                      (what api/online answers), then `join` and `leave`
+ *                      ({"user_id","count"}), `unavailable` while Redis is
+ *                      lost (docs: presence_stream)
+ *
+ * The list follows api/stream: a snapshot replaces it, each join or leave
+ * whose id is greater than the last one applied changes it, `unavailable`
+ * puts up the outage banner and the next snapshot takes it down. While the
+ * stream delivers, the page does not poll at all. It polls api/online
+ * every 2 s with If-None-Match instead when the stream is not there:
+ * no EventSource in the browser; the stream answers an error status
+ * (404 without a stream location, 503 too_many_streams: EventSource
+ * closes); or no snapshot arrives within STREAM_WAIT_MS of opening or of
+ * reconnecting (a proxy that buffers the stream, one that cuts it off
+ * again and again). While polling it tries the stream again now and then
+ * (STREAM_RETRY_MS, doubling up to STREAM_RETRY_MAX_MS) and stops polling
+ * once that delivers a snapshot. #live's data-feed says which it is:
+ * "stream" (set at the first snapshot) or "poll".
+ *
+ * For tests: `?poll=0` in the page's address turns the polling fallback
+ * off (a stream that fails then leaves the list as it is), so that a list
+ * that changes can only have changed through the stream.
  *
  * Each tab is a session of its own ("tab-" and 12 hex digits, kept across
  * a reload): a person is online while any of their tabs is, and a tab's
@@ -33,6 +55,7 @@
   var API_HEARTBEAT = 'api/heartbeat';
   var API_LEAVE = 'api/leave';
   var API_ONLINE = 'api/online';
+  var API_STREAM = 'api/stream';
 
   // Both timers are armed from a request's completion, never from a timer
   // callback, so Chrome's heavy throttling of chained timers in hidden tabs
@@ -40,6 +63,12 @@
   var POLL_MS = 2000;         // list refresh, start to start
   var RETRY_MS = 1000;        // heartbeat retry while the API is failing
   var TIMEOUT_MS = 8000;      // give up on one request after this
+  var STREAM_WAIT_MS = 4000;  // a stream opened must send its snapshot within this
+  var STREAM_RECONNECT_MS = 2000;   // the module's `retry:`, added after an error
+  var STREAM_RETRY_MS = 30000;      // polling: try the stream again after this,
+  var STREAM_RETRY_MAX_MS = 300000; // ...doubling each time up to this
+  // ?poll=0: no polling fallback (for tests; see the header)
+  var NO_POLL = /(?:^\?|&)poll=0(?:&|$)/.test(window.location.search);
   var KEY_NAME = 'presence.name';
   var KEY_ONLINE = 'presence.online';
   var KEY_SESSION = 'presence.session';   // in sessionStorage, see takeSession
@@ -58,11 +87,20 @@
     pollSeq: 0,
     etag: null,
     users: [],
+    count: 0,
+    feed: null,        // 'stream' once it delivered a snapshot, 'poll' after a fallback
+    es: null,          // the EventSource, while one is open
+    esLive: false,     // ...and it has delivered a snapshot since it (re)connected
+    esErrors: 0,       // errors since its last snapshot
+    esWait: null,      // timer: no snapshot in time means no stream
+    esRetry: null,     // timer: polling, try the stream again
+    esRetryMs: STREAM_RETRY_MS,
+    lastId: null,      // id of the last snapshot or event applied (a decimal string)
     failing: false
   };
 
   var $name, $goOnline, $goOffline, $nameError, $me, $meText, $users, $count,
-      $empty, $more, $banner, $bannerDetail, $room, $ttl;
+      $empty, $more, $banner, $bannerDetail, $room, $ttl, $live;
 
   /* ---- storage, which may be missing or refuse writes ---- */
 
@@ -386,8 +424,253 @@
     });
   }
 
+  // the list at once, where the page polls; the stream needs no asking
   function pollNow() {
-    poll();
+    if (state.feed === 'poll' && !NO_POLL) {
+      poll();
+    }
+  }
+
+  function stopPolling() {
+    state.pollSeq++;          // a poll in flight is ignored when it answers
+    clearTimeout(state.pollTimer);
+    state.pollTimer = null;
+  }
+
+  /* ---- the live stream ---- */
+
+  // ids are decimal integers from Redis's clock, possibly past 2^53: kept
+  // and compared as strings of digits (without leading zeros), never as
+  // numbers. null when the event has none.
+  function idOf(e) {
+    var id = typeof e.lastEventId === 'string' ? e.lastEventId : '';
+    return /^[0-9]+$/.test(id) ? id.replace(/^0+(?=.)/, '') : null;
+  }
+
+  function idAfter(id, last) {
+    if (id === null) {
+      return false;
+    }
+    if (last === null) {
+      return true;
+    }
+    return id.length !== last.length ? id.length > last.length : id > last;
+  }
+
+  // the module's order: bytewise in UTF-8, which is code point order (not
+  // the UTF-16 code unit order of a plain sort)
+  function bytewise(a, b) {
+    var i = 0;
+    var j = 0;
+    while (i < a.length && j < b.length) {
+      var x = a.codePointAt(i);
+      var y = b.codePointAt(j);
+      if (x !== y) {
+        return x < y ? -1 : 1;
+      }
+      i += x > 0xffff ? 2 : 1;
+      j += y > 0xffff ? 2 : 1;
+    }
+    return (i < a.length ? 1 : 0) - (j < b.length ? 1 : 0);
+  }
+
+  function parsed(e) {
+    try {
+      var data = JSON.parse(e.data);
+      return isObject(data) ? data : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function canStream() {
+    return typeof window.EventSource === 'function';
+  }
+
+  // Opens the stream (again). Until it delivers a snapshot the page shows
+  // what it showed, and polls only if it was polling already.
+  function openStream() {
+    var es;
+
+    closeStream();
+    try {
+      es = new window.EventSource(API_STREAM);
+    } catch (e) {
+      streamFailed();
+      return;
+    }
+    state.es = es;
+    state.esLive = false;
+    state.esErrors = 0;
+    waitForSnapshot(STREAM_WAIT_MS);
+
+    // every handler first checks that its stream is still the one open
+    es.addEventListener('snapshot', function (e) {
+      if (state.es === es) {
+        onSnapshot(e);
+      }
+    });
+    es.addEventListener('join', function (e) {
+      if (state.es === es) {
+        onChange(e, true);
+      }
+    });
+    es.addEventListener('leave', function (e) {
+      if (state.es === es) {
+        onChange(e, false);
+      }
+    });
+    es.addEventListener('unavailable', function (e) {
+      if (state.es === es) {
+        onUnavailable(e);
+      }
+    });
+    es.onerror = function () {
+      if (state.es !== es) {
+        return;
+      }
+      // CLOSED: the stream answered an error status (or not an event
+      // stream at all): EventSource gives up, and so do we
+      if (es.readyState === window.EventSource.CLOSED) {
+        streamFailed();
+        return;
+      }
+      // CONNECTING: the connection ended, EventSource reconnects by itself
+      // after `retry:`. Events resume only after the fresh snapshot; two
+      // errors without one between them is a stream that does not work.
+      state.esLive = false;
+      if (++state.esErrors >= 2) {
+        streamFailed();
+        return;
+      }
+      waitForSnapshot(STREAM_RECONNECT_MS + STREAM_WAIT_MS);
+    };
+  }
+
+  function closeStream() {
+    clearTimeout(state.esWait);
+    state.esWait = null;
+    if (state.es) {
+      state.es.onerror = null;
+      state.es.close();
+      state.es = null;
+    }
+    state.esLive = false;
+  }
+
+  function waitForSnapshot(ms) {
+    clearTimeout(state.esWait);
+    state.esWait = setTimeout(function () {
+      state.esWait = null;
+      if (!state.esLive) {
+        streamFailed();
+      }
+    }, ms);
+  }
+
+  // The stream is not there (or stopped working): poll, and try it again
+  // later.
+  function streamFailed() {
+    closeStream();
+    if (state.feed !== 'poll') {
+      startPolling();
+    }
+    clearTimeout(state.esRetry);
+    state.esRetry = setTimeout(openStream, state.esRetryMs);
+    state.esRetryMs = Math.min(state.esRetryMs * 2, STREAM_RETRY_MAX_MS);
+  }
+
+  function onSnapshot(e) {
+    var data = parsed(e);
+    if (!data) {
+      return;                 // no baseline: as if it had not come
+    }
+    clearTimeout(state.esWait);
+    state.esWait = null;
+    state.esLive = true;
+    state.esErrors = 0;
+    state.lastId = idOf(e);
+    if (state.feed !== 'stream') {
+      state.feed = 'stream';
+      $live.attr({ 'data-feed': 'stream', title: 'Updated as people come and go' });
+      stopPolling();
+      clearTimeout(state.esRetry);
+      state.esRetry = null;
+      state.esRetryMs = STREAM_RETRY_MS;
+    }
+    recovered();
+    showList(data);
+  }
+
+  // A join or a leave: applied only on top of this connection's snapshot,
+  // and only when its id is greater than the last one applied. (One that
+  // cannot be applied, not being JSON, still takes its id: an event
+  // without an id field, which EventSource hands over with the id before
+  // it, is then not newer either.) With a list cut at
+  // presence_online_limit (count above the names), a join adds the name
+  // without knowing whose name the listing would have dropped for it.
+  function onChange(e, joined) {
+    var id = idOf(e);
+    if (!state.esLive || !idAfter(id, state.lastId)) {
+      return;
+    }
+    state.lastId = id;
+    var data = parsed(e);
+    if (!data || typeof data.user_id !== 'string') {
+      return;
+    }
+    var name = data.user_id;
+    var users = state.users.filter(function (u) { return u !== name; });
+    var count = data.count;
+    if (joined) {
+      users.push(name);
+      users.sort(bytewise);
+    }
+    if (!Number.isSafeInteger(count) || count < 0) {
+      // keep the "and N more" as it was
+      count = users.length + Math.max(0, state.count - state.users.length);
+    }
+    showList({ users: users, count: count });
+  }
+
+  // Redis is lost: the banner as for a 503 until the next snapshot.
+  function onUnavailable(e) {
+    var data = parsed(e) || {};
+    showOutage({
+      status: 503,
+      outage: true,
+      code: typeof data.error === 'string' ? data.error : 'redis_unavailable',
+      message: typeof data.message === 'string' ? data.message : null
+    });
+  }
+
+  // Where the list comes from: the stream where the browser has one, else
+  // polling.
+  function startFeed() {
+    clearTimeout(state.esRetry);
+    state.esRetry = null;
+    state.esRetryMs = STREAM_RETRY_MS;
+    if (canStream()) {
+      openStream();
+    } else {
+      startPolling();
+    }
+  }
+
+  function startPolling() {
+    state.feed = 'poll';
+    $live.attr({ 'data-feed': 'poll', title: 'Refreshed every 2 seconds' });
+    if (!NO_POLL) {
+      poll();
+    }
+  }
+
+  function stopFeed() {
+    closeStream();
+    clearTimeout(state.esRetry);
+    state.esRetry = null;
+    stopPolling();
+    state.feed = null;
   }
 
   /* ---- drawing ---- */
@@ -468,6 +751,7 @@
     });
 
     state.users = users;
+    state.count = count;
     $count.text(count).toggleClass('is-zero', count === 0);
     $empty.prop('hidden', users.length > 0);
     if (count > users.length) {
@@ -543,6 +827,7 @@
     $bannerDetail = $('#banner-detail');
     $room = $('#room');
     $ttl = $('#ttl');
+    $live = $('#live');
 
     $('#join').on('submit', function (e) {
       e.preventDefault();
@@ -569,7 +854,10 @@
       }
     });
 
-    $(window).on('pagehide', leaveOnExit);
+    $(window).on('pagehide', function () {
+      leaveOnExit();
+      stopFeed();     // back from the back/forward cache, it starts again
+    });
 
     // Back from the back/forward cache: the leave went out on pagehide, so
     // come back online (the same session) and catch up with the list.
@@ -583,11 +871,12 @@
           state.hbSeq++;
           heartbeat();
         }
-        pollNow();
+        startFeed();
       }
     });
 
-    // Back to a tab that sat in the background: catch up at once.
+    // Back to a tab that sat in the background: catch up at once (where
+    // the page polls; a stream kept it up to date).
     $(document).on('visibilitychange', function () {
       if (document.visibilityState === 'visible') {
         pollNow();
@@ -603,6 +892,6 @@
     if (saved && recall(KEY_ONLINE) === '1') {
       goOnline(saved);
     }
-    poll();
+    startFeed();
   });
 }(window.jQuery));

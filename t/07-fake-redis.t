@@ -1,8 +1,8 @@
 #!/usr/bin/perl
 
 # Against fake Redis servers (t/lib: RESP on IO::Socket in a child): the
-# exact commands the module sends (AUTH, SELECT, SCRIPT LOAD x4, then
-# EVALSHA with key and arguments; EVAL after NOSCRIPT), the replies it
+# exact commands the module sends (AUTH, SELECT, SCRIPT LOAD x5, then
+# EVALSHA with keys and arguments; EVAL after NOSCRIPT), the replies it
 # must refuse (wrong types, errors), servers that never answer, close at
 # once or answer -ERR to everything, a reply of more than 100 KiB, a reply
 # in pieces, and late replies after a timeout.  One config template,
@@ -73,6 +73,14 @@ sub evals {
 
 my $KEY = 'presence:{global}';
 
+# what a heartbeat gives the keys to live: the ttl (10 s), and
+# 2 x presence_redis_timeout + 1 s for the sweeps of the live streams
+sub life { 10000 + 2 * int($_[0] * 1000 * $Presence::Test::TIME_SCALE + 0.5)
+           + 1000 }
+
+# the head of a listing's EXEC reply: the count, and the last event id
+sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
+
 ###########################################################################
 # the protocol
 
@@ -94,20 +102,20 @@ my $KEY = 'presence:{global}';
     my @cmds = $fake->commands;
     is_deeply([map { [@$_[0 .. 1]] } @cmds[0 .. 1]], [['AUTH', 'pw'], ['SELECT', '2']],
               'AUTH then SELECT first');
-    my @load = @cmds[2 .. 5];
-    is_deeply([map { uc "$_->[0] $_->[1]" } @load], [('SCRIPT LOAD') x 4],
-              'then SCRIPT LOAD four times');
+    my @load = @cmds[2 .. 6];
+    is_deeply([map { uc "$_->[0] $_->[1]" } @load], [('SCRIPT LOAD') x 5],
+              'then SCRIPT LOAD five times');
     my %sha = map { sha1_hex($_->[2]) => $_->[2] } @load;
-    is(scalar keys %sha, 4, '  four different scripts');
-    my @rest = @cmds[6 .. $#cmds];
+    is(scalar keys %sha, 5, '  five different scripts');
+    my @rest = @cmds[7 .. $#cmds];
     is(scalar @rest, 1, 'then one command for the heartbeat');
     my $e = $rest[0];
     is(uc $e->[0], 'EVALSHA', '  EVALSHA');
     ok($sha{ $e->[1] }, '  with the SHA1 of a loaded script');
-    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice', '10000', '',
-                                 '16'],
-              '  2 keys (room, sessions), the user, the ttl in ms, no '
-              . 'session, at most 16');
+    is_deeply([@$e[2 .. $#$e]], ['3', $KEY, "$KEY:s", "$KEY:v", 'alice',
+                                 '10000', '', '16', life(2)],
+              '  3 keys (room, sessions, last event id), the user, the ttl in '
+              . 'ms, no session, at most 16, the keys\' life');
     my $hb_sha = $e->[1];
 
     # leave
@@ -117,14 +125,15 @@ my $KEY = 'presence:{global}';
                               sessions => 0 },
               'leave: online and sessions are the integers redis answered');
     $e = (evals($fake))[-1];
-    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice', '', '0'],
-              '  EVALSHA 2 keys, user, no session, no grace');
+    is_deeply([@$e[2 .. $#$e]], ['3', $KEY, "$KEY:s", "$KEY:v", 'alice', '',
+                                 '0'],
+              '  EVALSHA 3 keys, user, no session, no grace');
     ok($sha{ $e->[1] } && $e->[1] ne $hb_sha, '  with another script');
     my $leave_sha = $e->[1];
 
     # online: MULTI, EVALSHA (prune, count), ZREVRANGE (members most
-    # recent first), EXEC; the reply of EXEC is [count, members]
-    $fake->set_reply('EXEC', resp_array(resp_int(7),
+    # recent first), EXEC; the reply of EXEC is [[count, id], members]
+    $fake->set_reply('EXEC', resp_array(head(7),
         resp_array(map { resp_bulk($_) } qw(zed amy Bob))));
     my $n = () = $fake->commands;
     $res = $ng->get('/online');
@@ -135,8 +144,8 @@ my $KEY = 'presence:{global}';
     my @tx = ($fake->commands)[$n .. $n + 3];
     is_deeply([map { uc $_->[0] } @tx], [qw(MULTI EVALSHA ZREVRANGE EXEC)],
               '  one transaction: MULTI, EVALSHA, ZREVRANGE, EXEC');
-    is_deeply([@{ $tx[1] }[2 .. $#{ $tx[1] }]], ['2', $KEY, "$KEY:s"],
-              '  EVALSHA 2 keys');
+    is_deeply([@{ $tx[1] }[2 .. $#{ $tx[1] }]], ['3', $KEY, "$KEY:s", "$KEY:v"],
+              '  EVALSHA 3 keys');
     is_deeply([@{ $tx[2] }[1 .. 3]], [$KEY, '0', '999'],
               '  ZREVRANGE key 0 999 (limit 1000)');
     my $online_sha = $tx[1][1];
@@ -147,8 +156,8 @@ my $KEY = 'presence:{global}';
     my $z = (grep { uc $_->[0] eq 'ZREVRANGE' } $fake->commands)[-1];
     is($z->[-1], '1', '?limit=2: ZREVRANGE key 0 1');
 
-    # limit 0: no ZREVRANGE, EXEC answers [count]
-    $fake->set_reply('EXEC', resp_array(resp_int(7)));
+    # limit 0: no ZREVRANGE, EXEC answers [[count, id]]
+    $fake->set_reply('EXEC', resp_array(head(7)));
     $n = () = $fake->commands;
     $res = $ng->get('/online?limit=0');
     is_deeply($res->{json}, { room => 'global', ttl => 10, count => 7,
@@ -164,7 +173,7 @@ my $KEY = 'presence:{global}';
                               expires_in_ms => 7312, sessions => 2 },
               'lookup: expires_in_ms and sessions are what redis answered');
     $e = (evals($fake))[-1];
-    is_deeply([@$e[2 .. $#$e]], ['2', $KEY, "$KEY:s", 'alice'],
+    is_deeply([@$e[2 .. $#$e]], ['3', $KEY, "$KEY:s", "$KEY:v", 'alice'],
               '  EVALSHA 2 keys, user');
     ok($sha{ $e->[1] } && !grep({ $_ eq $e->[1] } $hb_sha, $leave_sha,
                                 $online_sha), '  with the fourth script');
@@ -187,14 +196,14 @@ my $KEY = 'presence:{global}';
     is($res->{status}, 200, 'NOSCRIPT: heartbeat still succeeds');
     is($res->{json}{online}, 9, '  with the reply to EVAL');
     is_deeply([map { uc "$_->[0] " . ($_->[1] // '') }
-                   grep { defined } ($fake->commands)[$n + 1 .. $n + 4]],
-              [('SCRIPT LOAD') x 4], '  the scripts are loaded again first');
+                   grep { defined } ($fake->commands)[$n + 1 .. $n + 5]],
+              [('SCRIPT LOAD') x 5], '  the scripts are loaded again first');
     my @last = (evals($fake))[-2, -1];
     is(uc $last[0][0], 'EVALSHA', '  EVALSHA first');
     is(uc $last[1][0], 'EVAL', '  then EVAL');
     is(sha1_hex($last[1][1]), $hb_sha, '  of the heartbeat script');
-    is_deeply([@{ $last[1] }[2 .. 8]], ['2', $KEY, "$KEY:s", 'bob', '10000',
-                                        '', '16'],
+    is_deeply([@{ $last[1] }[2 .. 10]], ['3', $KEY, "$KEY:s", "$KEY:v", 'bob',
+                                         '10000', '', '16', life(2)],
               '  with the same keys and arguments');
 
     $fake->set_reply('EVAL', resp_err('ERR still broken'));
@@ -211,16 +220,16 @@ my $KEY = 'presence:{global}';
     {
         $fake->set_reply('EXEC', $refusal);
         $n = () = $fake->commands;
-        my $ok = resp_array(resp_int(1), resp_array(resp_bulk('eve')));
+        my $ok = resp_array(head(1), resp_array(resp_bulk('eve')));
         $fake->set_reply('EXEC_NEXT', $ok);
         $res = $ng->get('/online');
         is_deeply($res->{json}{users}, ['eve'],
                   'listing after a refused EVALSHA: answered')
             or diag $res->{raw};
         my @c = map { uc $_->[0] }
-                grep { defined } ($fake->commands)[$n .. $n + 11];
+                grep { defined } ($fake->commands)[$n .. $n + 12];
         is_deeply(\@c, [qw(MULTI EVALSHA ZREVRANGE EXEC),
-                        ('SCRIPT') x 4, qw(MULTI EVAL ZREVRANGE EXEC)],
+                        ('SCRIPT') x 5, qw(MULTI EVAL ZREVRANGE EXEC)],
                   '  by the same transaction with EVAL, after SCRIPT LOAD');
     }
 
@@ -247,6 +256,14 @@ my $KEY = 'presence:{global}';
                                                   resp_array(resp_bulk('a')))],
         ['/online', '[int, [int]]',    resp_array(resp_int(1),
                                                   resp_array(resp_int(1)))],
+        ['/online', '[int, members] (no event id)',
+                                       resp_array(resp_int(1),
+                                                  resp_array(resp_bulk('a')))],
+        ['/online', '[[int], members]', resp_array(resp_array(resp_int(1)),
+                                                   resp_array(resp_bulk('a')))],
+        ['/online', '[[int, member], members]',
+                    resp_array(resp_array(resp_int(1), resp_bulk('1')),
+                               resp_array(resp_bulk('a')))],
         ['/online', 'nil array',       "*-1\r\n"],
         ['/online', 'an error',        resp_err('ERR boom')],
         ['/online?user_id=a', 'a bulk string', resp_bulk('1000')],
@@ -269,7 +286,7 @@ my $KEY = 'presence:{global}';
     # more than 100 KiB in one reply (hiredis reads 16 KiB at a time)
 
     my @members = map { sprintf('%04d', $_) . ('m' x 124) } 0 .. 999;
-    my $big = resp_array(resp_int(1000),
+    my $big = resp_array(head(1000),
                          resp_array(map { resp_bulk($_) } reverse @members));
     ok(length $big > 100 * 1024, 'a reply of ' . length($big) . ' bytes');
     $fake->set_reply('EXEC', $big);
@@ -357,8 +374,8 @@ sub flush_fake {
         return $std if defined $std;
         my $ok = resp_array(resp_int(7), resp_int(1));
         return $ok if uc $argv->[0] eq 'EVAL';
-        return $ok if ($argv->[5] // '') ne 'alice';
-        my $r = @$argv == 9 ? $hb : $leave;
+        return $ok if ($argv->[6] // '') ne 'alice';
+        my $r = @$argv == 11 ? $hb : $leave;
         return sub { -e "$st->{dir}/release" ? $r : undef };
     });
 }
@@ -387,24 +404,24 @@ for my $case (['the leave ran', 0], ['both refused', 1]) {
     my $n = () = $fake->commands;
 
     my ($hb, $leave) = heartbeat_then_leave($fake, $ng);
-    wait_for(sub { (() = $fake->commands) >= $n + ($both ? 8 : 6) }, 10);
+    wait_for(sub { (() = $fake->commands) >= $n + ($both ? 9 : 7) }, 10);
     my @after = map { [uc $_->[0], scalar @$_] }
-                grep { defined } ($fake->commands)[$n .. $n + 7];
+                grep { defined } ($fake->commands)[$n .. $n + 8];
 
     if ($both) {
         is($hb->{status}, 200, "$what: the heartbeat goes again, 200");
         is($leave->{status}, 200, '  the leave too');
         is_deeply([map { $_->[0] } @after],
-                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 4, qw(EVAL EVAL)],
+                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 5, qw(EVAL EVAL)],
                   '  as EVAL, once the scripts are loaded again');
-        is_deeply([map { $_->[1] } @after[6, 7]], [9, 8],
+        is_deeply([map { $_->[1] } @after[7, 8]], [11, 9],
                   '  heartbeat first, then the leave');
     } else {
         api_error_ok($hb, 503, 'redis_unavailable',
                      "$what after the refused heartbeat: it fails");
         is($leave->{status}, 200, '  the leave answers 200');
-        is_deeply([map { $_->[0] } @after[0 .. 5]],
-                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 4],
+        is_deeply([map { $_->[0] } @after[0 .. 6]],
+                  [qw(EVALSHA EVALSHA), ('SCRIPT') x 5],
                   '  the scripts are loaded again');
         ok(!grep({ $_->[0] eq 'EVAL' } @after),
            '  and the heartbeat does not run after the leave');

@@ -39,7 +39,8 @@ ok(wait_for(sub { $ng->get('/online')->{status} == 200 }, 5),
 
 my $res = $ng->post('/hb', { user_id => 'alice' });
 is($res->{status}, 200, 'heartbeat over the unix socket');
-is_deeply([$r->key_list(4)], ['presence:{global}'], 'key in db 4');
+is_deeply([$r->key_list(4)], ['presence:{global}', 'presence:{global}:v'],
+          'key and last event id in db 4');
 is_deeply([$r->key_list(0)], [], 'nothing in db 0');
 
 sub module_clients { grep { /\bdb=4\b/ } split /\n/, $r->cmd('CLIENT', 'LIST') }
@@ -62,7 +63,8 @@ $r->restart;
 ok(wait_for(sub { $ng->post('/hb', { user_id => 'bob' })->{status} == 200 }, 3),
    'redis restarted on the same socket: heartbeats again');
 ok(time - $t < 1 + scaled(1.5), '  within 2 s of the restart') or diag time - $t;
-is_deeply([$r->key_list(4)], ['presence:{global}'], '  into db 4 again');
+is_deeply([$r->key_list(4)], ['presence:{global}', 'presence:{global}:v'],
+          '  into db 4 again');
 
 # the password changes under the worker: reconnect fails AUTH
 my $lines = () = $ng->log_text =~ /\n/g;

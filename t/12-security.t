@@ -229,13 +229,20 @@ sub members {
                        { user_id => "made-up-$i" })->{status} }++;
     }
     is_deeply(\%st, { 200 => 200 }, 'flood: 200 made-up users in 20 made-up rooms');
-    my @keys = grep { /^flood:/ } $r->key_list;
+    # a room's key, and its last event id (each made-up user joined)
+    my @keys = grep { /^flood:/ && !/:v$/ } $r->key_list;
+    my @ids = grep { /^flood:.*:v$/ } $r->key_list;
     is(scalar @keys, 20, '  20 keys');
-    ok(!grep({ my $t = $r->cmd('PTTL', $_); $t < 0 || $t > scaled(1) * 1000 }
-             @keys),
-       '  each with a TTL of at most presence_ttl (1s)');
-    ok(wait_for(sub { !grep { /^flood:/ } $r->key_list }, 4),
-       '  all gone once the TTL has passed');
+    is(scalar @ids, 20, '  and 20 last event ids');
+    # presence_ttl, and 2 x presence_redis_timeout (1s) + 1s for the sweeps
+    ok(!grep({ my $t = $r->cmd('PTTL', $_);
+               $t < 0 || $t > scaled(1) * 1000 + 3000 } @keys),
+       '  each with a TTL of at most presence_ttl (1s) + 3s');
+    ok(!grep({ my $t = $r->cmd('PTTL', $_); $t < 0 || $t > 61000 } @ids),
+       '  the ids with one of at most a minute');
+    ok(wait_for(sub { !grep { /^flood:/ && !/:v$/ } $r->key_list },
+                4 + scaled(1)),
+       '  all rooms gone once the TTL has passed');
 }
 
 # limit_req in front of the heartbeat
@@ -271,7 +278,8 @@ sub members {
                         '' => 'lobby' },
               'map whitelist: known rooms (any case) give the listed name, '
               . 'anything else the lobby');
-    is_deeply([grep { /^presence:\{(?!basic|sso|rl)/ } $r->key_list],
+    is_deeply([grep { /^presence:\{(?!basic|sso|rl)/ && !/:v$/ }
+               $r->key_list],
               ['presence:{dev}', 'presence:{lobby}'],
               '  no key for a room outside the list');
     is($ng->get('/wl/online?room=evil')->{json}{room}, 'lobby',
@@ -313,8 +321,9 @@ sub members {
        'rooms with } { * : are taken or refused with 400 invalid_room')
         or diag "taken: @taken; refused: @refused";
     my @new = grep { !$before{$_} } $r->key_list;
-    is_deeply([sort @new], [sort map { "app1:{$_}" } @taken],
-              '  each taken room has exactly the key app1:{<room>}, nothing else');
+    is_deeply([sort @new], [sort map { ("app1:{$_}", "app1:{$_}:v") } @taken],
+              '  each taken room has exactly the keys app1:{<room>} and its '
+              . 'last event id, nothing else');
     is_deeply($r->cmd('ZRANGE', 'app2:{global}', 0, -1, 'WITHSCORES'), $app2,
               '  app2:{global} untouched');
     ok(!grep({ !/^app1:\{/ } @new), '  every new key starts with app1:{');
@@ -354,7 +363,8 @@ EOF
     ok(wait_for(sub { $right->get('/online')->{status} == 200 }, 5),
        'redis with requirepass, the right password: 200');
     json_ok($right->post('/hb', { user_id => 'auth-ok' }), '  heartbeat');
-    is_deeply([$ra->key_list], ['presence:{global}'], '  written');
+    is_deeply([$ra->key_list], ['presence:{global}', 'presence:{global}:v'],
+              '  written');
 
     for ([$none, 'no password'], [$wrong, 'a wrong password']) {
         my ($n, $what) = @$_;
@@ -491,9 +501,9 @@ EOF
     is_deeply(members('presence:{global}'), [sort @ids],
               '  stored verbatim as members of presence:{global}');
     my %after = %{ $r->snapshot };
-    delete $after{'0/presence:{global}'};
     my %b = %$before;
-    delete $b{'0/presence:{global}'};
+    # the room, and its last event id (the joins of the streams)
+    delete @$_{'0/presence:{global}', '0/presence:{global}:v'} for \%after, \%b;
     is_deeply(\%after, \%b, '  no other key touched, nothing flushed');
 
     my $res = $ng->post('/r/hb?room=FLUSHALL', { user_id => 'r' });

@@ -84,13 +84,15 @@ my $res = hb('plain');
 is_deeply($res->{json}, { user_id => 'plain', room => 'global', ttl => 300,
                           online => 1, sessions => 1 },
           'heartbeat without session_id: one session');
-is_deeply([$r->key_list], [$KEY], '  only the room key');
+is_deeply([$r->key_list], [$KEY, "$KEY:v"],
+          '  only the room key (and its last event id: a join)');
 $res = $ng->get('/online?user_id=plain');
 is($res->{json}{sessions}, 1, '  lookup: one session');
 $res = leave('plain');
 is_deeply($res->{json}, { user_id => 'plain', room => 'global', online => 0,
                           sessions => 0 }, '  leave: gone');
-is_deeply([$r->key_list], [], '  nothing left in Redis');
+is_deeply([$r->key_list], ["$KEY:v"],
+          '  nothing left in Redis but the last event id');
 
 ###########################################################################
 # two sessions of one user
@@ -123,7 +125,7 @@ $res = leave('ada', 'tab-2');
 is_deeply($res->{json}, { user_id => 'ada', room => 'global', online => 0,
                           sessions => 0 }, 'leave of the second: gone');
 ok(!listed('ada'), '  not listed');
-is_deeply([$r->key_list], [], '  room and sessions gone from Redis');
+is_deeply([$r->key_list], ["$KEY:v"], '  room and sessions gone from Redis');
 
 # a leave without session_id ends them all at once
 hb('bea', $_) for qw(a b c);
@@ -303,7 +305,7 @@ for my $sid ('s' x 64, '{x}', '}{', 'a b', "caf\x{e9}", '*', '$4', ':s',
     $res = $ng->post('/hb', { user_id => 'odd', session_id => $sid });
     is($res->{status}, 200, "session_id '$sid': 200");
     my $after = $r->snapshot;
-    delete $_->{"0/$KEY"}, delete $_->{"0/$SKEY"} for $before, $after;
+    delete @$_{"0/$KEY", "0/$SKEY", "0/$KEY:v"} for $before, $after;
     is_deeply($after, $before, '  no other key');
     ok(exists sessions_of('odd')->{ Encode::encode_utf8($sid) },
        '  stored as sent');
@@ -311,6 +313,7 @@ for my $sid ('s' x 64, '{x}', '}{', 'a b', "caf\x{e9}", '*', '$4', ':s',
 }
 
 leave('keep');
-is_deeply([$r->key_list], [], 'all gone: nothing left in Redis');
+is_deeply([$r->key_list], ["$KEY:v"],
+          'all gone: nothing left in Redis but the last event id');
 
 done_testing;

@@ -1,6 +1,8 @@
 #!/usr/bin/perl
 # The page in a real browser: starts its own redis-server and nginx (the
-# freshly built module, presence_ttl 4s, presence_leave_grace 2s), then runs
+# freshly built module, presence_ttl 4s, presence_leave_grace 2s; the page
+# at / with the live stream api/stream, at /poll/ without one, at /live/
+# with the stream, a room of its own and no leave grace), then runs
 # t/browser/presence.test.mjs (node's test runner driving Debian's chromium
 # through playwright-core) and relays its results as TAP. Stops everything at
 # the end, even on failure, and checks nginx logged no [alert]/[crit]/[emerg].
@@ -251,6 +253,29 @@ http {
         # as nginx.conf.example: a reload is no leave and join
         location = /api/leave     { presence_leave_grace ${GRACE}s; presence_leave; }
         location = /api/online    { presence_online; }
+        location = /api/stream    { presence_stream; }
+
+        # /poll/: the page and the same room where there is no stream
+        # location (api/stream is a file that is not there: 404), so the
+        # page polls
+        location /poll/ { alias $ROOT/html/; }
+        location = /poll/vendor/jquery.min.js {
+            alias /usr/share/javascript/jquery/jquery.min.js;
+        }
+        location = /poll/api/heartbeat { presence_heartbeat; }
+        location = /poll/api/leave     { presence_leave_grace ${GRACE}s; presence_leave; }
+        location = /poll/api/online    { presence_online; }
+
+        # /live/: the page with a room of its own and no leave grace, so
+        # that a closed tab's leave is a leave event at once
+        location /live/ { alias $ROOT/html/; }
+        location = /live/vendor/jquery.min.js {
+            alias /usr/share/javascript/jquery/jquery.min.js;
+        }
+        location = /live/api/heartbeat { presence_room live; presence_heartbeat; }
+        location = /live/api/leave     { presence_room live; presence_leave; }
+        location = /live/api/online    { presence_room live; presence_online; }
+        location = /live/api/stream    { presence_room live; presence_stream; }
     }
 }
 CONF

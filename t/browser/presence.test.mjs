@@ -11,6 +11,11 @@
 //
 //   node --test-reporter=tap t/browser/presence.test.mjs
 //
+// nginx serves the page three ways (t/browser.t): at BASE with the live
+// stream (api/stream), at BASE/poll/ without a stream location (the page
+// polls api/online), at BASE/live/ with the stream, a room of its own and
+// no leave grace.
+//
 // Every wait has a deadline; nothing sleeps a fixed time hoping the page
 // caught up.
 
@@ -27,6 +32,8 @@ const BASE = process.env.PRESENCE_BASE_URL;
 const TTL_MS = Number(process.env.PRESENCE_TTL || 10) * 1000;
 const GRACE_MS = Number(process.env.PRESENCE_GRACE || 0) * 1000;
 const POLL_MS = 2000;              // the page's list refresh (html/app.js)
+const STREAM_WAIT_MS = 4000;       // its wait for the stream's snapshot (html/app.js)
+const LIVE_MS = 1000;              // the stream: a join or leave on the other screen within
 const SLACK_MS = 600;              // one request's round trip and scheduling
 const SAMPLE_MS = 250;             // "never unlisted": one look every 250 ms...
 const WATCH_MS = 8000;             // ...for this long
@@ -44,6 +51,7 @@ const GRACE = 'Grace Hopper';
 const CHARLES = 'Charles Babbage';
 const HOSTILE = '<img src=x onerror=alert(1)>';
 const TABS = 'Ada';            // one person in several tabs of one browser
+const ALAN = 'Alan Turing';    // in the room of BASE/live/
 
 let browser;
 const pages = [];              // every page opened, for the error check at the end
@@ -69,6 +77,8 @@ after(async () => {
 
 // ---- helpers ----
 
+// A tab in a browser of its own. opts.path: where, relative to BASE
+// ('poll/', 'live/?poll=0'); opts.setup(context): before the page loads.
 async function open(opts = {}) {
   const context = await browser.newContext({
     viewport: opts.viewport || { width: 880, height: 600 },
@@ -81,15 +91,23 @@ async function open(opts = {}) {
     });
     await context.route('**/api/leave', (route) => route.abort());
   }
-  return openTab(context);
+  if (opts.setup) {
+    await opts.setup(context);
+  }
+  return openTab(context, opts.path);
 }
 
 // One more tab in the context: it shares localStorage (the name, and
 // whether to go online) with the others, not sessionStorage.
-async function openTab(context) {
+async function openTab(context, where = '') {
   const page = await context.newPage();
   await page.addInitScript(holdScript);
-  const p = { context, page, dialogs: [], errors: [], sent: [] };
+  // asked: every request's path and when it went out; answered: the
+  // status each got
+  const p = { context, page, dialogs: [], errors: [], sent: [], asked: [], answered: [] };
+  page.on('request', (r) => p.asked.push({ path: new URL(r.url()).pathname, at: Date.now() }));
+  page.on('response', (r) => p.answered.push({ path: new URL(r.url()).pathname,
+    status: r.status() }));
   page.on('dialog', (d) => {
     p.dialogs.push(d.message());
     d.dismiss().catch(() => {});
@@ -107,8 +125,24 @@ async function openTab(context) {
     }
   });
   pages.push(p);
-  await page.goto(BASE);
+  p.loaded = Date.now();
+  await page.goto(BASE + where);
   return p;
+}
+
+// the requests the tab made for one API (a path ending in api/<what>)
+function asked(p, what) {
+  return p.asked.filter((r) => r.path.endsWith(`/api/${what}`));
+}
+
+function answered(p, what) {
+  return p.answered.filter((r) => r.path.endsWith(`/api/${what}`)).map((r) => r.status);
+}
+
+// Where the tab takes the list from ('stream' or 'poll'), once it knows.
+function feedIs(p, feed, ms, what) {
+  return until(p.page, (f) => document.getElementById('live').dataset.feed === f, feed,
+    ms, what);
 }
 
 async function goOnline(p, name) {
@@ -306,8 +340,64 @@ test('two people in two browsers see each other', { timeout: 30000 }, async () =
   await shot(grace, 'two-online-phone.png', { fullPage: true });
 });
 
-test('a poll answered 304 leaves the list alone', { timeout: 20000 }, async () => {
-  const { page } = ada;
+test('the page at / follows the stream and does not poll', { timeout: 20000 }, async () => {
+  await feedIs(ada, 'stream', 5000, 'Ada\'s tab on the stream');
+  await feedIs(pages[1], 'stream', 5000, 'Grace\'s tab on the stream');
+  for (const p of [ada, pages[1]]) {
+    assert.deepEqual(answered(p, 'stream'), [200], 'one api/stream, answered 200');
+    assert.deepEqual(asked(p, 'online'), [], 'no api/online at all');
+  }
+});
+
+// B (a page that never goes online) sees A come and go through the stream
+// alone: ?poll=0 turns the polling fallback off, and B asks api/online
+// nothing at all. Polling every 2 s could not keep to 1 s either.
+test('the stream: B sees A join within 1 s, and leave within 1 s of A\'s tab closing', { timeout: 30000 }, async (t) => {
+  const b = await open({ path: 'live/?poll=0' });
+  await feedIs(b, 'stream', 5000, 'B on the stream');
+  assert.deepEqual(await listed(b.page), [], 'the live room is empty');
+  const a = await open({ path: 'live/?poll=0' });
+  await feedIs(a, 'stream', 5000, 'A on the stream');
+
+  const joined = a.page.waitForResponse(
+    (r) => r.url().endsWith('/api/heartbeat') && r.status() === 200, { timeout: 5000 });
+  await a.page.getByLabel('Your name').fill(ALAN);
+  await a.page.getByRole('button', { name: 'Go online' }).click();
+  await joined;
+  const t0 = Date.now();
+  await until(b.page, shows, ALAN, LIVE_MS, 'B sees A within 1 s of A\'s heartbeat');
+  t.diagnostic(`join on B's screen ${Date.now() - t0} ms after A's heartbeat was answered`);
+  assert.equal(await b.page.textContent('#count'), '1');
+  await untilSelf(a, ALAN, 2000, 'A sees itself');
+
+  const t1 = Date.now();
+  await a.page.close({ runBeforeUnload: true });
+  await until(b.page, showsNot, ALAN, Math.max(1, LIVE_MS - (Date.now() - t1)),
+    'B sees A go within 1 s of A\'s tab closing');
+  t.diagnostic(`leave on B's screen ${Date.now() - t1} ms after A's tab closed`);
+  assert.equal(await b.page.textContent('#count'), '0');
+
+  assert.deepEqual(asked(b, 'online'), [], 'B never asked api/online: the stream did it');
+  assert.deepEqual(asked(a, 'online'), [], 'nor did A');
+  assert.deepEqual(answered(b, 'stream'), [200], 'B opened the stream once');
+  assert.equal(await b.page.isVisible('#banner'), false, 'no banner');
+  await a.context.close();
+  await b.context.close();
+});
+
+test('without a stream location (api/stream 404) the page polls; a 304 leaves the list alone', { timeout: 20000 }, async () => {
+  const p = await open({ path: 'poll/' });
+  const { page } = p;
+  await until(page, (names) => names.every((n) => Array.from(
+    document.querySelectorAll('#users .user-name')).some((e) => e.textContent === n)),
+  [ADA, GRACE], POLL_MS + SLACK_MS, 'the list shown by polling');
+  assert.equal(await page.getAttribute('#live', 'data-feed'), 'poll');
+  assert.deepEqual(answered(p, 'stream'), [404], 'the stream was asked once, 404');
+  assert.ok(asked(p, 'online').length >= 1, 'api/online asked');
+
+  // the rows' arrival mark comes off 400 ms after they are drawn
+  await until(page, () => !document.querySelector('#users .is-new'), null, 2000,
+    'the new rows settled');
   await page.evaluate(() => {
     window.__mutations = 0;
     new MutationObserver((m) => { window.__mutations += m.length; })
@@ -322,6 +412,74 @@ test('a poll answered 304 leaves the list alone', { timeout: 20000 }, async () =
   await r304();
   assert.equal(await page.evaluate(() => window.__mutations), 0,
     'the list was redrawn after a 304');
+  assert.deepEqual(answered(p, 'stream'), [404], 'the stream not asked again meanwhile');
+  assert.deepEqual(p.errors, [], 'no script error');
+  await p.context.close();
+});
+
+test('a stream that never sends its snapshot (a buffering proxy): the page polls after a few seconds', { timeout: 20000 }, async () => {
+  let held = 0;
+  const p = await open({
+    // the stream's request goes out and nothing ever comes back
+    setup: (context) => context.route('**/api/stream', () => { held++; }),
+  });
+  await until(p.page, shows, ADA, STREAM_WAIT_MS + POLL_MS + SLACK_MS,
+    'the list shown by polling');
+  assert.equal(held, 1, 'the stream was asked');
+  assert.equal(await p.page.getAttribute('#live', 'data-feed'), 'poll');
+  const polls = asked(p, 'online');
+  const waited = polls[0].at - p.loaded;
+  assert.ok(waited >= STREAM_WAIT_MS - 500,
+    `first api/online ${waited} ms after the page was opened: it did not wait for the stream`);
+  assert.deepEqual(p.errors, [], 'no script error');
+  await p.context.close();
+});
+
+test('no EventSource in the browser: the page polls at once', { timeout: 20000 }, async () => {
+  const p = await open({
+    setup: (context) => context.addInitScript(() => { delete window.EventSource; }),
+  });
+  await until(p.page, shows, ADA, POLL_MS + SLACK_MS, 'the list shown by polling');
+  assert.equal(await p.page.getAttribute('#live', 'data-feed'), 'poll');
+  assert.deepEqual(asked(p, 'stream'), [], 'no stream asked');
+  assert.deepEqual(p.errors, [], 'no script error');
+  await p.context.close();
+});
+
+// The stream's events as a proxy or a race might hand them over: stale
+// ids, ids past 2^53, junk. Served whole, as one response (then the
+// connection ends, and retry: keeps EventSource from coming back soon).
+test('stream events: applied in id order on top of the snapshot, stale and broken ones ignored', { timeout: 20000 }, async () => {
+  const ev = (event, id, data) => `event: ${event}\n${id ? `id: ${id}\n` : ''}data: ${data}\n\n`;
+  const body = 'retry: 600000\n\n'
+    + ev('join', '99', '{"user_id":"before the snapshot","count":1}')
+    + ev('snapshot', '100',
+      '{"room":"global","ttl":4,"count":3,"users":["a","b","\uFFFD"]}')
+    + ev('join', '100', '{"user_id":"same id","count":4}')
+    + ev('join', '99', '{"user_id":"older id","count":4}')
+    + ev('join', '101', '{"user_id":"\u{1F600}","count":4}')     // sorts after U+FFFD
+    + ev('leave', '102', '{"user_id":"a","count":3,"reason":"timeout"}')
+    + ev('join', '103', 'not JSON')
+    + ev('join', '104', '{"user_id":5,"count":4}')
+    + ev('join', '', '{"user_id":"no id of its own","count":4}')
+    + ev('join', '10000000000000000001', '{"user_id":"c","count":4}')
+    + ev('join', '10000000000000000000', '{"user_id":"past 2^53, older","count":5}')
+    + ev('leave', '10000000000000000002', '{"user_id":"nobody listed","count":"four"}')
+    + ev('message', '', 'an unnamed event');
+  const p = await open({
+    path: '?poll=0',
+    setup: (context) => context.route('**/api/stream', (route) => route.fulfill({
+      status: 200, contentType: 'text/event-stream', body,
+    })),
+  });
+  await until(p.page, (want) => JSON.stringify(Array.from(
+    document.querySelectorAll('#users .user-name'), (e) => e.textContent)) === want,
+  JSON.stringify(['b', 'c', '\uFFFD', '\u{1F600}']), 5000, 'the events applied');
+  assert.equal(await p.page.textContent('#count'), '4', 'the count of the last event applied');
+  assert.equal(await p.page.isVisible('#more'), false, 'no "and N more"');
+  assert.deepEqual(asked(p, 'online'), [], 'no polling');
+  assert.deepEqual(p.errors, [], 'no script error');
+  await p.context.close();
 });
 
 test('a reload keeps the name and goes back online', { timeout: 20000 }, async () => {
@@ -459,8 +617,8 @@ test('"Go offline" ends the tab\'s session and stays offline across a reload', {
   await mallory.page.reload();
   assert.equal(await mallory.page.inputValue('#name'), HOSTILE, 'name kept');
   assert.equal(await mallory.page.getByRole('button', { name: 'Go online' }).isVisible(), true);
-  await mallory.page.waitForResponse((r) => r.url().includes('/api/online'),
-    { timeout: POLL_MS + SLACK_MS });
+  // the list has come (the stream's snapshot): a rejoin would have begun
+  await feedIs(mallory, 'stream', STREAM_WAIT_MS + SLACK_MS, 'the reloaded tab on the stream');
   assert.equal(await mallory.page.getAttribute('#me', 'data-state'), 'offline',
     'did not rejoin after going offline');
 });
@@ -494,8 +652,9 @@ test('a malformed listing neither throws nor stops the polling', { timeout: 3000
     '{"users":"Ada Lovelace","count":"2","ttl":"soon"}',
     '{"users":[1,null,{},["x"],"Alan Turing","Alan Turing"],"count":1e999,"ttl":-1,"room":5}',
   ];
-  const p = await open();
+  const p = await open({ path: 'poll/' });    // where the page polls
   const { page } = p;
+  await feedIs(p, 'poll', SLACK_MS + 2000, 'the page polls');
   const ttl = await page.textContent('#ttl');
   let served = 0;
   let release = false;
@@ -537,8 +696,18 @@ test('Redis down shows a banner; Redis back clears it without a reload', { timeo
   }
   const { page } = ada;
   assert.equal(await page.isVisible('#banner'), false, 'no banner to begin with');
+  // A tab that is not online (no heartbeats) and does not poll: only the
+  // stream's `unavailable` can put its banner up, and only the snapshot
+  // after it take it down.
+  const watcher = await open({ path: '?poll=0' });
+  await feedIs(watcher, 'stream', 5000, 'the watcher on the stream');
+  assert.equal(await watcher.page.isVisible('#banner'), false, 'no banner on the watcher');
 
   execSync(stop, { stdio: ['ignore', 2, 2] });
+  await until(watcher.page, () => !document.getElementById('banner').hidden, null,
+    5000, 'the stream\'s `unavailable` shows the watcher the banner');
+  assert.match(await watcher.page.textContent('#banner-detail'), /presence store/,
+    'the watcher\'s banner says what is wrong');
   await until(page, () => !document.getElementById('banner').hidden, null,
     POLL_MS + 5000, 'banner shown while Redis is down');
   const detail = await page.textContent('#banner-detail');
@@ -549,6 +718,12 @@ test('Redis down shows a banner; Redis back clears it without a reload', { timeo
   await shot(ada, 'redis-down.png');
 
   execSync(start, { stdio: ['ignore', 2, 2] });
+  await until(watcher.page, () => document.getElementById('banner').hidden, null,
+    10000, 'the watcher\'s banner gone with the snapshot once Redis is back');
+  assert.deepEqual(asked(watcher, 'heartbeat'), [], 'the watcher sent no heartbeat');
+  assert.deepEqual(asked(watcher, 'online'), [], 'the watcher never polled');
+  assert.deepEqual(answered(watcher, 'stream'), [200], 'one stream all along');
+  await watcher.context.close();
   await until(page, () => document.getElementById('banner').hidden, null,
     POLL_MS + 10000, 'banner gone once Redis is back');
   // Redis came back empty; Ada's next heartbeat puts her back

@@ -20,7 +20,7 @@ our @EXPORT_OK = qw(fmt_rps fmt_ms fmt_err);
 # and what the "How it measures" text quotes (see write)
 sub new {
     my ($class, %s) = @_;
-    return bless { %s, rows => [], mem => [], fig => {} }, $class;
+    return bless { %s, rows => [], mem => [], fan => [], fig => {} }, $class;
 }
 
 # $r->row(scenario => ..., contender => ..., m => wrk's figures | na => text,
@@ -41,6 +41,15 @@ sub memory {
     my ($self, $what, $users, $delta, $fig) = @_;
     push @{ $self->{mem} }, { what => $what, users => $users, delta => $delta };
     $self->{fig}{"$fig $users"} = { users => $users, delta => $delta } if $fig;
+}
+
+# $r->fanout(contender => ..., fig => name, m => bench/fanout's figures |
+#            na => text): a row of the fan-out table, its figures kept as
+# "fan <name>" for the targets ("fan stream": the module, "fan nchan")
+sub fanout {
+    my ($self, %r) = @_;
+    push @{ $self->{fan} }, \%r;
+    $self->{fig}{"fan $r{fig}"} = $r{m} if $r{m};
 }
 
 # v1's Redis memory per online user (1,000,000 users, one room), which
@@ -84,6 +93,46 @@ sub line {
         fmt_ms($m->{p99_us}), fmt_cpu($m), fmt_err($m);
 }
 
+sub fmt_kb { defined $_[0] ? sprintf('%.1f KB', $_[0]) : '—' }
+
+# the console line of a fan-out row
+sub fanout_line {
+    my ($contender, $m) = @_;
+    return sprintf "  %-26s %s streams: median %s (%s–%s), worker CPU %.1f µs"
+        . "/stream (%.0f%% kernel); worker memory %s/idle stream, %s after"
+        . " the events\n", $contender, fmt_rps($m->{n}), fmt_ms(1000 * $m->{median_ms}),
+        fmt_ms(1000 * $m->{min_ms}), fmt_ms(1000 * $m->{max_ms}),
+        $m->{cpu_us_per_stream}, $m->{kernel_pct}, fmt_kb($m->{idle_kb_per_stream}),
+        fmt_kb($m->{after_kb_per_stream});
+}
+
+sub fanout_table {
+    my ($self) = @_;
+    return '' unless @{ $self->{fan} };
+    my @body;
+    for my $r (@{ $self->{fan} }) {
+        my $m = $r->{m};
+        if (!$m) {
+            push @body, [ $r->{contender}, $r->{na}, ('') x 8 ];
+            next;
+        }
+        push @body, [ $r->{contender}, fmt_rps($m->{n}),
+            join(', ', map { sprintf '%.0f', $_ } @{ $m->{round_ms} }),
+            fmt_ms(1000 * $m->{median_ms}),
+            sprintf('%.1f (%.0f%% kernel)', $m->{cpu_us_per_stream}, $m->{kernel_pct}),
+            sprintf('%.1f', $m->{client_us_per_stream}),
+            fmt_kb($m->{idle_kb_per_stream}), fmt_kb($m->{after_kb_per_stream}),
+            sprintf('%.0f → %.0f → %.0f', map { $_ / 1024 }
+                    @$m{qw(rss_before_kb rss_idle_kb rss_after_kb)}),
+            sprintf('%.1f s', $m->{ready_ms} / 1000) ];
+    }
+    return table([ 'contender', 'streams', 'rounds (ms, until the last stream had the event)',
+                   'median', 'worker CPU µs/stream', 'client CPU µs/stream',
+                   'worker memory/idle stream',
+                   'after the events', 'worker RSS MB: before → idle → after',
+                   'streams opened in' ], @body);
+}
+
 sub table {
     my ($head, @body) = @_;
     my @w = map { length } @$head;
@@ -107,6 +156,7 @@ sub table {
 
 sub results_table {
     my ($self) = @_;
+    return "(no wrk rows in this run)\n" unless @{ $self->{rows} };
     my @body;
     for my $r (@{ $self->{rows} }) {
         my $m = $r->{m};
@@ -200,6 +250,33 @@ sub check_rows {
                    sprintf('%.0f bytes', $b), '≤ 100 bytes (aim)',
                    $b <= 100 ? 'pass' : 'miss' ];
     }
+    my ($fs, $fn) = @$fig{'fan stream', 'fan nchan'};
+    my $fw = sprintf 'stream fan-out, %s streams, one join: module vs nchan',
+        $fs || $fn ? fmt_rps(($fs || $fn)->{n}) : '10,000';
+    if ($fs && $fn) {
+        my $r = $fs->{median_ms} / $fn->{median_ms};
+        my $v = $r <= 1.25 ? 'pass' : 'miss';
+        my $c = $fs->{cpu_us_per_stream} / $fn->{cpu_us_per_stream};
+        my $cv = $c <= 1.25 ? 'pass' : 'miss';
+        $v .= "; by CPU per stream: $cv" if $cv ne $v;
+        push @c, [ $fw, sprintf('%s vs %s (%.2f×; by worker CPU per stream:'
+                                . ' %.1f vs %.1f µs, %.2f×)',
+                                fmt_ms(1000 * $fs->{median_ms}),
+                                fmt_ms(1000 * $fn->{median_ms}), $r,
+                                $fs->{cpu_us_per_stream}, $fn->{cpu_us_per_stream}, $c),
+                   '≤ 1.25 × nchan', $v ];
+        push @c, [ 'worker memory per idle stream: module vs nchan',
+                   sprintf('%s vs %s (after the events: %s vs %s)',
+                           fmt_kb($fs->{idle_kb_per_stream}), fmt_kb($fn->{idle_kb_per_stream}),
+                           fmt_kb($fs->{after_kb_per_stream}), fmt_kb($fn->{after_kb_per_stream})),
+                   '≤ nchan',
+                   $fs->{idle_kb_per_stream} <= $fn->{idle_kb_per_stream} ? 'pass' : 'miss' ];
+    } else {
+        my ($na) = map { $_->{na} } grep { $_->{na} } @{ $self->{fan} };
+        $na //= 'n/a (not measured)';
+        push @c, [ $fw, $na, '≤ 1.25 × nchan', 'n/a' ],
+                 [ 'worker memory per idle stream: module vs nchan', $na, '≤ nchan', 'n/a' ];
+    }
     for (['mem', 'default session'], ['mem s1', 'one named session']) {
         my ($f, $what) = @$_;
         my $m = $fig->{"$f $hi"} or next;
@@ -252,15 +329,18 @@ sub pkg_version {
 # Prints the tables and writes RESULTS.md to $path.  %i: started (time),
 # elapsed, loadavg, ncpu, top, module, nginx, bench (the bench/ directory),
 # and the settings the text quotes: duration, warmup, rounds, ttl, users,
-# hb_ids, hb_conns, on_conns
+# hb_ids, hb_conns, on_conns, fan_streams, fan_rounds, fan_nofile, fan_conns
 sub write {
     my ($self, $path, %i) = @_;
     my $results = $self->results_table;
     my $checks  = $self->check_rows;
     my $memory  = $self->memory_table;
+    my $fanout  = $self->fanout_table;
     my $took = sprintf '%dm%02ds', $i{elapsed} / 60, $i{elapsed} % 60;
 
-    print "\n", $results, "\n", $checks;
+    print "\n", $results if @{ $self->{rows} };
+    print "\n", $fanout if $fanout;
+    print "\n", $checks;
     print "\n", $memory if $memory;
     print "\nbench: done in $took\n";
 
@@ -284,7 +364,8 @@ sub write {
     my $rounds = $i{rounds} > 1 ? ", best of $i{rounds} rounds" : '';
     my $module = $i{module} =~ s{^\Q$top\E/}{}r;
     my %v = map { $_ => pkg_version($_) } qw(wrk libnginx-mod-http-lua
-        lua-nginx-redis python3-fastapi python3-uvicorn python3-redis);
+        lua-nginx-redis python3-fastapi python3-uvicorn python3-redis
+        libnginx-mod-nchan);
 
     my $md = <<MD;
 # Benchmark results
@@ -305,7 +386,7 @@ each. Take the ratios within one run, not the absolute req/s, as the result.
 - software: nginx $nginx_v (Debian), redis-server $redis_v, wrk $v{wrk},
   lua-nginx-module $v{'libnginx-mod-http-lua'}, lua-resty-redis $v{'lua-nginx-redis'},
   python3-fastapi $v{'python3-fastapi'}, python3-uvicorn $v{'python3-uvicorn'} (uvloop, httptools),
-  python3-redis $v{'python3-redis'} (hiredis)
+  python3-redis $v{'python3-redis'} (hiredis), nchan $v{'libnginx-mod-nchan'}
 - module: $module, built from commit $commit
 
 How it measures:
@@ -338,6 +419,21 @@ How it measures:
   (`tab-u<n>-2`, `-3`), written by the module's own heartbeat script (taken
   from the module's .so, checked against the one it loaded into Redis)
   called in a loop inside Redis, and checked through the module's lookup.
+- fan-out: a fresh nginx per contender (its one worker pinned to core $srv by
+  `worker_cpu_affinity`, `worker_rlimit_nofile $i{fan_nofile}`, `worker_connections
+  $i{fan_conns}`) and bench/fanout.c (C, epoll, one thread, on core $cli) holding
+  ${\ fmt_rps($i{fan_streams}) } Server-Sent Events streams on it. Once every stream has
+  its first event (the module: `event: snapshot`; nchan's EventSource: `: hi`), $i{fan_rounds}
+  rounds: a POST on a connection of its own (the module: a heartbeat of a user
+  not yet online, to the heartbeat location of the stream's room: one `event:
+  join` on every stream; nchan: a message to its publisher location) and the
+  time from sending it until the last stream had the whole event. Worker CPU:
+  the worker's run time over the round (the trigger, the fan-out and a 300 ms
+  pause; /proc/PID/schedstat) per stream; kernel: stime's share of it; client
+  CPU: bench/fanout's own, from the trigger to the last event. Worker
+  memory: growth of the worker's VmRSS from before the streams to the streams
+  idle, and to after the rounds, per stream. The module's Redis (the heartbeat,
+  the pub/sub message) is not in its worker's CPU.
 
 ## Results
 
@@ -353,6 +449,9 @@ $results
   by other tenants of the machine; the checks below give ratios by it too.
 
 ${\ $self->disturbed_note}
+MD
+    $md .= "## Stream fan-out\n\n$fanout\n" if $fanout;
+    $md .= <<MD;
 ## Targets
 
 $checks

@@ -44,12 +44,14 @@ use Presence::Test::HTTP qw(parse_response api_error_ok json_ok);
 use Presence::Test::Nginx;
 use Presence::Test::Redis;
 use Presence::Test::FakeRedis;
+use Presence::Test::SSE;
 
 our @EXPORT = qw(
     need_module start_redis start_nginx fake_redis test_config
     wait_for check_log free_port slurp spew scaled conf_time
     fake_std fake_reply resp_int resp_bulk resp_array resp_err resp_status resp_nil
     api_error_ok json_ok
+    sse_open sse_wait_all sse_replay
 );
 
 our $NGINX  = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
@@ -391,3 +393,15 @@ sub start_nginx_conf {
 }
 
 sub http_to { Presence::Test::HTTP->new($_[0]) }
+
+# Server-Sent Events (Presence::Test::SSE): sse_open($ng or $port, $path,
+# %opt) opens a stream; sse_wait_all([@streams], $cond, $timeout) reads
+# them all until $cond->() holds; sse_replay(@events) is what a client
+# holds after them.
+sub sse_open {
+    my ($to, $path, %o) = @_;
+    my $port = ref $to ? $to->port : $to;
+    return Presence::Test::SSE->open($port, $path, %o);
+}
+sub sse_wait_all { Presence::Test::SSE::wait_all(@_) }
+sub sse_replay   { Presence::Test::SSE::replay(@_) }
