@@ -326,6 +326,100 @@ my %late;
                                             $t0);
 }
 
+$ng->stop;
+
+###########################################################################
+# A fake sentinel in front of two real Redis servers: what Sentinel rarely
+# does on cue.  It names a replica (ROLE fails: no command runs there, not
+# even a listing a replica could answer); a master that becomes a replica
+# under the module (READONLY: the sentinels are asked at once); a name
+# instead of an address (ignored).
+
+{
+    my $r1 = start_redis();
+    my $r2 = start_redis();
+    $r2->cmd('REPLICAOF', '127.0.0.1', $r1->port);
+
+    my $fake = fake_redis(sub {
+        my ($argv, $state) = @_;
+        my $cmd = uc($argv->[0] // '');
+        return resp_status('PONG') if $cmd eq 'PING';
+        if ($cmd eq 'SUBSCRIBE') {
+            return resp_array(resp_bulk('subscribe'), resp_bulk($argv->[1]),
+                              resp_int(1));
+        }
+        return resp_err('ERR unknown command') unless $cmd eq 'SENTINEL';
+        my ($host, $port) = split ' ', fake_reply($state, 'master') // '';
+        return resp_nil() unless defined $port;
+        return resp_array(resp_bulk($host), resp_bulk($port))
+            if lc $argv->[1] eq 'get-master-addr-by-name';
+        return resp_array(map { resp_bulk($_) } name => 'm', ip => $host,
+                          port => $port, 'config-epoch' => 1);
+    });
+    my $asked = sub {
+        scalar grep { lc($_->[1] // '') eq 'get-master-addr-by-name' }
+            $fake->commands;
+    };
+
+    $fake->set_reply('master', '127.0.0.1 ' . $r2->port);
+
+    my $ng2 = start_nginx(<<'EOF', vars => { FAKE => $fake->addr });
+presence_redis_sentinel m %%FAKE%%;
+presence_redis_timeout 1s;
+presence_ttl 300s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+
+%%API%%
+}
+EOF
+    $ng2->allow_in_log(qr/\[error\].*presence: /);
+
+    my $r2port = $r2->port;
+    ok(wait_for(sub { $ng2->log_text =~ /presence: redis at "127\.0\.0\.1:$r2port" is not the master of "m" \(ROLE slave\)/ }, 5),
+       'fake: a replica named fails the ROLE check, logged');
+    is($ng2->post('/hb', { user_id => 'u' })->{status}, 503,
+       'fake: a heartbeat meanwhile: 503');
+    is($ng2->get('/online')->{status}, 503,
+       'fake: a listing meanwhile: 503, not the replica\'s copy');
+
+    $fake->set_reply('master', '127.0.0.1 ' . $r1->port);
+    ok(wait_for(sub { $ng2->post('/hb', { user_id => 'u' })->{status} == 200 },
+                5),
+       'fake: the master named, heartbeats succeed');
+    ok(defined $r1->cmd('ZSCORE', $KEY, 'u'), 'fake: on the master');
+
+    # the master becomes a replica behind the module's back
+    $r2->cmd('REPLICAOF', 'NO', 'ONE');
+    $r1->cmd('REPLICAOF', '127.0.0.1', $r2->port);
+    ok(wait_for(sub { (($r1->cmd('ROLE') // [])->[0] // '') eq 'slave' }, 5),
+       'fake: the old master is a replica');
+    my $n0 = $asked->();
+    is($ng2->post('/hb', { user_id => 'v' })->{status}, 503,
+       'fake: a write refused with READONLY: 503');
+    ok(wait_for(sub { $asked->() > $n0 }, 0.5),
+       'fake: READONLY asks the sentinels at once');
+    like($ng2->log_text,
+         qr/presence: redis at "[^"]+" is read-only, asking the sentinels/,
+         'fake: READONLY logged');
+
+    $fake->set_reply('master', '127.0.0.1 ' . $r2->port);
+    ok(wait_for(sub { $ng2->post('/hb', { user_id => 'v' })->{status} == 200 },
+                5),
+       'fake: the new master named, heartbeats succeed');
+    ok(defined $r2->cmd('ZSCORE', $KEY, 'v'), 'fake: on the new master');
+
+    # a sentinel that announces a host name: a worker does not resolve it
+    $fake->set_reply('master', 'localhost ' . $r1->port);
+    ok(wait_for(sub { $ng2->log_text =~ /names the master of "m" "localhost", not a numeric address: ignored/ }, 5),
+       'fake: a host name answered is logged and ignored');
+    is($ng2->post('/hb', { user_id => 'w' })->{status}, 200,
+       'fake: the module stays on the master it has');
+    ok(defined $r2->cmd('ZSCORE', $KEY, 'w'), 'fake: still the same master');
+    $ng2->stop;
+}
+
 diag sprintf "heartbeats on the new master, after the promotion"
     . " (after the kill or SENTINEL FAILOVER): %s",
     join ', ', map { sprintf '%s %.2f s (%.2f s)', $_, $late{$_}, $since{$_} }
