@@ -165,6 +165,9 @@ static void ngx_http_presence_stream_arm(ngx_http_presence_stream_t *st);
 static ngx_int_t ngx_http_presence_stream_send(
     ngx_http_presence_stream_t *st, ngx_http_presence_event_t *ev,
     ngx_str_t *text);
+static ngx_int_t ngx_http_presence_stream_output(
+    ngx_http_presence_stream_t *st, ngx_http_presence_event_t *ev,
+    ngx_str_t *text);
 static void ngx_http_presence_stream_sent(ngx_http_presence_stream_t *st);
 static void ngx_http_presence_stream_write(ngx_http_request_t *r);
 static void ngx_http_presence_stream_flow(ngx_http_request_t *r,
@@ -829,9 +832,8 @@ ngx_http_presence_publish(ngx_http_presence_room_t *room, ngx_str_t *message)
             st->last = ev->id;
             sent++;
 
-            if (ngx_http_presence_stream_send(st, ev, NULL) != NGX_OK) {
-                ngx_http_presence_stream_drop(st);
-            }
+            /* a stream that fails is dropped, the others go on */
+            (void) ngx_http_presence_stream_send(st, ev, NULL);
         }
 
         (void) ngx_atomic_fetch_add(
@@ -975,7 +977,6 @@ ngx_http_presence_snapshot_reply(void *data, redisReply *reply)
 
     if (ngx_http_presence_stream_send(st, snapshot, NULL) != NGX_OK) {
         ngx_http_presence_event_release(snapshot);
-        ngx_http_presence_stream_drop(st);
         goto done;
     }
 
@@ -999,7 +1000,6 @@ ngx_http_presence_snapshot_reply(void *data, redisReply *reply)
         sent++;
 
         if (ngx_http_presence_stream_send(st, ev, NULL) != NGX_OK) {
-            ngx_http_presence_stream_drop(st);
             break;
         }
     }
@@ -1099,7 +1099,6 @@ ngx_http_presence_unavailable(ngx_http_presence_stream_t *st,
                                           &ngx_http_presence_unavailable_text)
             != NGX_OK)
         {
-            ngx_http_presence_stream_drop(st);
             return;
         }
     }
@@ -1164,7 +1163,6 @@ ngx_http_presence_stream_timer(ngx_event_t *ev)
                                           &ngx_http_presence_ping_text)
             != NGX_OK)
         {
-            ngx_http_presence_stream_drop(st);
             return;
         }
     }
@@ -1201,12 +1199,27 @@ ngx_http_presence_stream_arm(ngx_http_presence_stream_t *st)
 
 /*
  * Writes an event, or static text, to the stream.  NGX_OK, or NGX_ERROR
- * when the stream is to be dropped: the client is gone, or lets too much
- * wait.  The event's memory is referenced until its buffer is written.
+ * when the client is gone or lets too much wait: the stream is dropped
+ * then (ngx_http_presence_stream_drop(): nothing to do for one not yet in
+ * its room).  The event's memory is referenced until its buffer is
+ * written.
  */
 
 static ngx_int_t
 ngx_http_presence_stream_send(ngx_http_presence_stream_t *st,
+    ngx_http_presence_event_t *ev, ngx_str_t *text)
+{
+    if (ngx_http_presence_stream_output(st, ev, text) != NGX_OK) {
+        ngx_http_presence_stream_drop(st);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_presence_stream_output(ngx_http_presence_stream_t *st,
     ngx_http_presence_event_t *ev, ngx_str_t *text)
 {
     size_t                    len;

@@ -264,6 +264,8 @@ void ngx_presence_redis_connect(ngx_presence_conn_t *conn);
 void ngx_presence_redis_conn_close(ngx_presence_conn_t *conn);
 void ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     void *privdata);
+ngx_presence_conn_t *ngx_presence_redis_reply_conn(redisAsyncContext *ac,
+    void *reply);
 void ngx_presence_redis_closed(redisAsyncContext *ac);
 
 /* ngx_presence_redis.c */

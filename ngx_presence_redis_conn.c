@@ -252,12 +252,13 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
     ngx_presence_redis_t  *rds;
 
     reply = r;
-    conn = ac->data;
-    rds = conn->redis;
 
-    if (reply == NULL || conn->ac != ac) {
+    conn = ngx_presence_redis_reply_conn(ac, reply);
+    if (conn == NULL) {
         return;
     }
+
+    rds = conn->redis;
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
@@ -316,6 +317,27 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
                   "presence: connected to redis at \"%V\"", &conn->addr->name);
 
     ngx_presence_redis_flush(conn);
+}
+
+
+/*
+ * The connection a reply is for, or NULL when there is nothing to do: no
+ * reply (the context is being freed and its pending callbacks fire) or a
+ * context the connection no longer holds.
+ */
+
+ngx_presence_conn_t *
+ngx_presence_redis_reply_conn(redisAsyncContext *ac, void *reply)
+{
+    ngx_presence_conn_t  *conn;
+
+    conn = ac->data;
+
+    if (reply == NULL || conn == NULL || conn->ac != ac) {
+        return NULL;
+    }
+
+    return conn;
 }
 
 

@@ -712,9 +712,9 @@ ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
     ngx_presence_redis_t  *rds;
 
     reply = r;
-    conn = ac->data;
 
-    if (reply == NULL || conn == NULL || conn->ac != ac) {
+    conn = ngx_presence_redis_reply_conn(ac, reply);
+    if (conn == NULL) {
         return;
     }
 
