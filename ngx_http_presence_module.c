@@ -28,6 +28,10 @@ static char *ngx_http_presence_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_presence_redis_sentinel(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_presence_redis_cluster(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_presence_redis_conflict(
+    ngx_http_presence_main_conf_t *pmcf);
 static char *ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_presence_content(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -86,6 +90,13 @@ static ngx_command_t  ngx_http_presence_commands[] = {
     { ngx_string("presence_redis_sentinel"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_presence_redis_sentinel,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("presence_redis_cluster"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_presence_redis_cluster,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -348,6 +359,7 @@ ngx_http_presence_create_main_conf(ngx_conf_t *cf)
      *     pmcf->redis.master = { 0, NULL };
      *     pmcf->redis.sentinels = NULL;
      *     pmcf->redis.sentinel_password = { 0, NULL };
+     *     pmcf->redis.seeds = NULL;
      *     pmcf->shm_zone = NULL;
      *     pmcf->used = 0;
      *     pmcf->rds = NULL;
@@ -377,7 +389,18 @@ ngx_http_presence_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (pmcf->redis.name.data == NULL && pmcf->redis.sentinels == NULL) {
+    if (pmcf->redis.seeds && pmcf->redis.db != NGX_CONF_UNSET) {
+        /* a cluster has one database, and refuses SELECT */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"presence_redis_db\" cannot be used with "
+                           "\"presence_redis_cluster\": a cluster has "
+                           "database 0 only");
+        return NGX_CONF_ERROR;
+    }
+
+    if (pmcf->redis.name.data == NULL && pmcf->redis.sentinels == NULL
+        && pmcf->redis.seeds == NULL)
+    {
         ngx_str_set(&addr, "127.0.0.1:6379");
 
         if (ngx_presence_redis_parse_address(cf, &pmcf->redis, &addr)
@@ -542,8 +565,8 @@ ngx_http_presence_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
-    if (pmcf->redis.sentinels) {
-        return "conflicts with \"presence_redis_sentinel\"";
+    if (pmcf->redis.sentinels || pmcf->redis.seeds) {
+        return ngx_http_presence_redis_conflict(pmcf);
     }
 
     value = cf->args->elts;
@@ -564,14 +587,54 @@ ngx_http_presence_redis_sentinel(ngx_conf_t *cf, ngx_command_t *cmd,
         return "is duplicate";
     }
 
-    if (pmcf->redis.name.data) {
-        return "conflicts with \"presence_redis\"";
+    if (pmcf->redis.name.data || pmcf->redis.seeds) {
+        return ngx_http_presence_redis_conflict(pmcf);
     }
 
     value = cf->args->elts;
 
     return ngx_presence_redis_parse_sentinel(cf, &pmcf->redis, &value[1],
                                              cf->args->nelts - 1);
+}
+
+
+static char *
+ngx_http_presence_redis_cluster(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_presence_main_conf_t *pmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (pmcf->redis.seeds) {
+        return "is duplicate";
+    }
+
+    if (pmcf->redis.name.data || pmcf->redis.sentinels) {
+        return ngx_http_presence_redis_conflict(pmcf);
+    }
+
+    value = cf->args->elts;
+
+    return ngx_presence_redis_parse_cluster(cf, &pmcf->redis, &value[1],
+                                            cf->args->nelts - 1);
+}
+
+
+/* one Redis, a Sentinel set or a cluster: the one given before */
+
+static char *
+ngx_http_presence_redis_conflict(ngx_http_presence_main_conf_t *pmcf)
+{
+    if (pmcf->redis.name.data) {
+        return "conflicts with \"presence_redis\"";
+    }
+
+    if (pmcf->redis.sentinels) {
+        return "conflicts with \"presence_redis_sentinel\"";
+    }
+
+    return "conflicts with \"presence_redis_cluster\"";
 }
 
 

@@ -70,7 +70,10 @@ static ngx_http_presence_counter_t  ngx_http_presence_counter_list[] = {
                               "Redis connections opened again after a drop."),
     ngx_http_presence_counter(redis_failovers,
                               "Redis masters followed to a new address "
-                              "(Sentinel)."),
+                              "(Sentinel, Cluster)."),
+    ngx_http_presence_counter(redis_redirects,
+                              "Commands redirected by a Redis Cluster "
+                              "(MOVED, ASK)."),
     ngx_http_presence_counter(redis_rtt_us_sum,
                               "Microseconds from command to reply, summed."),
     ngx_http_presence_counter(redis_rtt_count, "Redis replies timed."),

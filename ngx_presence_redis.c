@@ -24,6 +24,8 @@ static ngx_presence_cmd_t *ngx_presence_redis_cmd(ngx_presence_redis_t *rds,
     ngx_presence_reply_pt handler, void *data, ngx_log_t *log);
 static ngx_presence_cmd_t *ngx_presence_redis_submit(ngx_presence_cmd_t *cmd);
 static ngx_int_t ngx_presence_redis_send(ngx_presence_cmd_t *cmd);
+static ngx_int_t ngx_presence_redis_send_asking(ngx_presence_cmd_t *cmd,
+    redisAsyncContext *ac);
 static void ngx_presence_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_presence_redis_refused(ngx_presence_cmd_t *cmd);
@@ -31,11 +33,11 @@ static ngx_int_t ngx_presence_redis_noscript(ngx_presence_cmd_t *cmd,
     redisReply *reply);
 static ngx_int_t ngx_presence_redis_readonly(ngx_presence_cmd_t *cmd,
     redisReply *reply);
-static void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd,
-    redisReply *reply);
-static ngx_presence_cmd_t *ngx_presence_redis_dequeue(ngx_queue_t *queue);
 static void ngx_presence_redis_send_queue(ngx_presence_conn_t *conn,
     ngx_queue_t *queue);
+static char *ngx_presence_redis_parse_addrs(ngx_conf_t *cf,
+    ngx_array_t **addrs, ngx_str_t *values, ngx_uint_t n, char *directive,
+    char *what);
 static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
     ngx_presence_addr_t *addr, ngx_str_t *value, char *directive,
     ngx_uint_t unix_ok);
@@ -392,8 +394,9 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
 
     conn = &rds->data;
 
-    if (conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
-        || conn->broken)
+    if (rds->cluster == NULL
+        && (conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
+            || conn->broken))
     {
         return NULL;
     }
@@ -416,6 +419,7 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
     ngx_memzero(cmd, sizeof(ngx_presence_cmd_t));
 
     cmd->conn = conn;
+    cmd->redis = rds;
     cmd->handler = handler;
     cmd->data = data;
     cmd->log = log;
@@ -457,6 +461,12 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
         }
     }
 
+    if (rds->cluster) {
+        cmd->conn = NULL;
+        cmd->slot = ngx_presence_redis_cluster_slot(key);
+        cmd->created = ngx_current_msec;
+    }
+
     return cmd;
 }
 
@@ -464,9 +474,29 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
 static ngx_presence_cmd_t *
 ngx_presence_redis_submit(ngx_presence_cmd_t *cmd)
 {
-    ngx_presence_conn_t  *conn;
+    if (cmd->redis->cluster) {
+        return ngx_presence_redis_cluster_submit(cmd);
+    }
 
-    conn = cmd->conn;
+    if (ngx_presence_redis_submit_to(cmd, cmd->conn) != NGX_OK) {
+        ngx_free(cmd);
+        return NULL;
+    }
+
+    return cmd;
+}
+
+
+/*
+ * The command goes out on this connection, or waits there for the
+ * handshake; NGX_ERROR: hiredis refused it, the caller still owns it.
+ */
+
+ngx_int_t
+ngx_presence_redis_submit_to(ngx_presence_cmd_t *cmd,
+    ngx_presence_conn_t *conn)
+{
+    cmd->conn = conn;
 
     if (conn->state != NGX_PRESENCE_READY) {
         /* no command goes out before the handshake has succeeded */
@@ -477,15 +507,10 @@ ngx_presence_redis_submit(ngx_presence_cmd_t *cmd)
 
         cmd->queued = 1;
         ngx_queue_insert_tail(&conn->waiting, &cmd->queue);
-        return cmd;
+        return NGX_OK;
     }
 
-    if (ngx_presence_redis_send(cmd) != NGX_OK) {
-        ngx_free(cmd);
-        return NULL;
-    }
-
-    return cmd;
+    return ngx_presence_redis_send(cmd);
 }
 
 
@@ -494,35 +519,52 @@ ngx_presence_redis_submit(ngx_presence_cmd_t *cmd)
 static ngx_int_t
 ngx_presence_redis_send(ngx_presence_cmd_t *cmd)
 {
-    size_t                len[4];
-    const char           *argv[4];
-    redisAsyncContext    *ac;
-    ngx_presence_conn_t  *conn;
+    size_t                 len[4];
+    const char            *argv[4];
+    redisAsyncContext     *ac;
+    redisCallbackFn       *queued;
+    ngx_presence_conn_t   *conn;
 
     conn = cmd->conn;
     ac = conn->ac;
 
     (void) clock_gettime(CLOCK_MONOTONIC, &cmd->start);
 
+    if (cmd->asking && ngx_presence_redis_send_asking(cmd, ac) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (cmd->script != NGX_PRESENCE_ONLINE) {
         if (redisAsyncCommandArgv(ac, ngx_presence_redis_reply, cmd,
                                   cmd->argc, cmd->argv, cmd->argvlen)
             != REDIS_OK)
         {
+            if (cmd->asking) {
+                goto broken;
+            }
+
             return NGX_ERROR;
         }
 
         goto sent;
     }
 
+    /*
+     * In a cluster, a redirection of the transaction comes as the reply
+     * of a queued command, and EXEC then only says EXECABORT
+     */
+
+    queued = cmd->redis->cluster ? ngx_presence_redis_queued_reply : NULL;
+    cmd->refused = 0;
+
     argv[0] = "MULTI";
     len[0] = 5;
 
     if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, len) != REDIS_OK) {
-        return NGX_ERROR;
+        goto broken;
     }
 
-    if (redisAsyncCommandArgv(ac, NULL, NULL, cmd->argc, cmd->argv,
+    if (redisAsyncCommandArgv(ac, queued, cmd, cmd->argc, cmd->argv,
                               cmd->argvlen)
         != REDIS_OK)
     {
@@ -539,7 +581,7 @@ ngx_presence_redis_send(ngx_presence_cmd_t *cmd)
         argv[3] = (char *) cmd->stop;
         len[3] = cmd->stop_len;
 
-        if (redisAsyncCommandArgv(ac, NULL, NULL, 4, argv, len)
+        if (redisAsyncCommandArgv(ac, queued, cmd, 4, argv, len)
             != REDIS_OK)
         {
             goto broken;
@@ -564,9 +606,10 @@ sent:
 broken:
 
     /*
-     * MULTI went out without its EXEC (hiredis ran out of memory): any
-     * later command would join the transaction.  The connection is
-     * dropped instead, and nothing more is written to it meanwhile.
+     * MULTI went out without its EXEC, or ASKING without its command
+     * (hiredis ran out of memory): any later command would join the
+     * transaction or be asked.  The connection is dropped instead, and
+     * nothing more is written to it meanwhile.
      */
 
     conn->broken = 1;
@@ -576,6 +619,43 @@ broken:
     }
 
     return NGX_ERROR;
+}
+
+
+/* ASKING: the target of a cluster's ASK runs the next command */
+
+static ngx_int_t
+ngx_presence_redis_send_asking(ngx_presence_cmd_t *cmd, redisAsyncContext *ac)
+{
+    size_t       len[1];
+    const char  *argv[1];
+
+    argv[0] = "ASKING";
+    len[0] = 6;
+
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 1, argv, len) != REDIS_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a listing's script or ZREVRANGE, queued in the MULTI of a cluster */
+
+void
+ngx_presence_redis_queued_reply(redisAsyncContext *ac, void *r,
+    void *privdata)
+{
+    redisReply          *reply;
+    ngx_presence_cmd_t  *cmd;
+
+    reply = r;
+    cmd = privdata;
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && !cmd->refused) {
+        ngx_presence_redis_cluster_refused(cmd, reply);
+    }
 }
 
 
@@ -604,14 +684,17 @@ ngx_presence_redis_timed_out(ngx_presence_cmd_t *cmd)
 {
     ngx_presence_conn_t  *conn;
 
-    conn = cmd->conn;
+    conn = cmd->queued ? NULL : cmd->conn;
 
     ngx_log_debug1(NGX_LOG_DEBUG_EVENT, cmd->log, 0,
                    "presence: redis command %p timed out", cmd);
 
     ngx_presence_redis_detach(cmd);
 
-    if (++conn->timeouts >= NGX_PRESENCE_MAX_TIMEOUTS
+    /* one that waited for a connection or a retry proves nothing of it */
+
+    if (conn
+        && ++conn->timeouts >= NGX_PRESENCE_MAX_TIMEOUTS
         && conn->ac && !conn->drop.posted)
     {
         ngx_post_event(&conn->drop, &ngx_posted_events);
@@ -629,29 +712,30 @@ ngx_presence_redis_timed_out(ngx_presence_cmd_t *cmd)
 void
 ngx_presence_redis_unexpected(ngx_presence_redis_t *rds, redisReply *reply)
 {
-    ngx_presence_conn_t  *conn;
+    char  *what;
 
-    conn = &rds->data;
-
-    if (conn->unexpected) {
+    if (rds->unexpected) {
         return;
     }
 
-    conn->unexpected = 1;
+    rds->unexpected = 1;
+
+    what = rds->cluster ? "redis cluster of" : "redis at";
 
     if (reply->type == REDIS_REPLY_ERROR) {
         ngx_log_error(NGX_LOG_ERR, rds->log, 0,
-                      "presence: redis at \"%V\" answers an error, requests "
+                      "presence: %s \"%V\" answers an error, requests "
                       "get 503 (logged once per connection): %*s",
-                      &rds->master.name, (size_t) reply->len, reply->str);
+                      what, &rds->master.name, (size_t) reply->len,
+                      reply->str);
         return;
     }
 
     ngx_log_error(NGX_LOG_ERR, rds->log, 0,
-                  "presence: redis at \"%V\" answers a reply of type %d "
+                  "presence: %s \"%V\" answers a reply of type %d "
                   "where the scripts give another, requests get 503 "
                   "(logged once per connection)",
-                  &rds->master.name, reply->type);
+                  what, &rds->master.name, reply->type);
 }
 
 
@@ -680,6 +764,13 @@ ngx_presence_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                              (now.tv_sec - cmd->start.tv_sec) * 1000000
                              + (now.tv_nsec - cmd->start.tv_nsec) / 1000);
         (void) ngx_atomic_fetch_add(&rds->counters->redis_rtt_count, 1);
+    }
+
+    if (reply && rds->cluster && conn->ac == ac && !rds->exiting
+        && ngx_presence_redis_cluster_reply(cmd, reply) == NGX_OK)
+    {
+        /* redirected, retried later, or failed: the cluster has it */
+        return;
     }
 
     if (reply && !cmd->retried && conn->ac == ac && !rds->exiting
@@ -811,10 +902,10 @@ ngx_presence_redis_readonly(ngx_presence_cmd_t *cmd, redisReply *reply)
 }
 
 
-static void
+void
 ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply)
 {
-    if (cmd->data && !cmd->conn->redis->exiting) {
+    if (cmd->data && !cmd->redis->exiting) {
         cmd->handler(cmd->data, reply);
     }
 
@@ -837,7 +928,7 @@ ngx_presence_redis_fail_queue(ngx_queue_t *queue)
 
 /* the first command of a queue, taken off it; NULL when it is empty */
 
-static ngx_presence_cmd_t *
+ngx_presence_cmd_t *
 ngx_presence_redis_dequeue(ngx_queue_t *queue)
 {
     ngx_queue_t         *q;
@@ -946,9 +1037,6 @@ char *
 ngx_presence_redis_parse_sentinel(ngx_conf_t *cf,
     ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n)
 {
-    ngx_uint_t            i, j;
-    ngx_presence_addr_t  *addr, *a;
-
     if (values[0].len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "empty master name in the "
@@ -958,38 +1046,65 @@ ngx_presence_redis_parse_sentinel(ngx_conf_t *cf,
 
     rcf->master = values[0];
 
-    rcf->sentinels = ngx_array_create(cf->pool, n - 1,
-                                      sizeof(ngx_presence_addr_t));
-    if (rcf->sentinels == NULL) {
+    return ngx_presence_redis_parse_addrs(cf, &rcf->sentinels, &values[1],
+                                          n - 1, "presence_redis_sentinel",
+                                          "sentinel");
+}
+
+
+/*
+ * presence_redis_cluster ADDRESS...: the seeds, over TCP, as the nodes
+ * announce themselves to each other
+ */
+
+char *
+ngx_presence_redis_parse_cluster(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n)
+{
+    return ngx_presence_redis_parse_addrs(cf, &rcf->seeds, values, n,
+                                          "presence_redis_cluster", "node");
+}
+
+
+static char *
+ngx_presence_redis_parse_addrs(ngx_conf_t *cf, ngx_array_t **addrs,
+    ngx_str_t *values, ngx_uint_t n, char *directive, char *what)
+{
+    ngx_uint_t            i, j;
+    ngx_array_t          *a;
+    ngx_presence_addr_t  *addr, *known;
+
+    a = ngx_array_create(cf->pool, n, sizeof(ngx_presence_addr_t));
+    if (a == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    for (i = 1; i < n; i++) {
-        addr = ngx_array_push(rcf->sentinels);
+    *addrs = a;
+
+    for (i = 0; i < n; i++) {
+        addr = ngx_array_push(a);
         if (addr == NULL) {
             return NGX_CONF_ERROR;
         }
 
-        if (ngx_presence_redis_parse_addr(cf, addr, &values[i],
-                                          "presence_redis_sentinel", 0)
+        if (ngx_presence_redis_parse_addr(cf, addr, &values[i], directive, 0)
             != NGX_CONF_OK)
         {
             return NGX_CONF_ERROR;
         }
 
-        a = rcf->sentinels->elts;
+        known = a->elts;
 
-        for (j = 0; j < rcf->sentinels->nelts - 1; j++) {
-            if (a[j].port == addr->port
-                && a[j].host.len == addr->host.len
-                && ngx_strncmp(a[j].host.data, addr->host.data,
+        for (j = 0; j < a->nelts - 1; j++) {
+            if (known[j].port == addr->port
+                && known[j].host.len == addr->host.len
+                && ngx_strncmp(known[j].host.data, addr->host.data,
                                addr->host.len)
                    == 0)
             {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "duplicate sentinel \"%V\" in the "
-                                   "\"presence_redis_sentinel\" directive",
-                                   &values[i]);
+                                   "duplicate %s \"%V\" in the \"%s\" "
+                                   "directive", what, &values[i], directive);
                 return NGX_CONF_ERROR;
             }
         }
@@ -1011,7 +1126,8 @@ ngx_presence_redis_parse_addr(ngx_conf_t *cf, ngx_presence_addr_t *addr,
     ngx_memzero(&u, sizeof(ngx_url_t));
 
     u.url = *value;
-    u.default_port = unix_ok ? 6379 : 26379;
+    u.default_port = ngx_strcmp(directive, "presence_redis_sentinel") == 0
+                     ? 26379 : 6379;
 
     /* a name is resolved here, once: a worker never waits on DNS */
 
@@ -1102,16 +1218,21 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
     rds->counters = counters;
     rds->worker = worker;
 
-    if (rcf->sentinels == NULL) {
+    if (rcf->sentinels) {
+        /* no master until the sentinels name one */
+        rds->master.name = rcf->master;
+        rds->master.host.data = rds->master_host;
+
+    } else if (rcf->seeds) {
+        /* none until a node has answered */
+        rds->master.name = ((ngx_presence_addr_t *) rcf->seeds->elts)->name;
+        rds->master.host.data = rds->master_host;
+
+    } else {
         rds->master.name = rcf->name;
         rds->master.host = rcf->host;
         rds->master.path = rcf->path;
         rds->master.port = rcf->port;
-
-    } else {
-        /* no master until the sentinels name one */
-        rds->master.name = rcf->master;
-        rds->master.host.data = rds->master_host;
     }
 
     conn = &rds->data;
@@ -1124,6 +1245,14 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
      * start of a worker (or valgrind) may have left seconds behind.
      */
     ngx_time_update();
+
+    if (rcf->seeds) {
+        if (ngx_presence_redis_cluster_start(rds) != NGX_OK) {
+            return NULL;
+        }
+
+        return rds;
+    }
 
     ngx_presence_redis_connect(conn);
 
@@ -1143,6 +1272,7 @@ ngx_presence_redis_destroy(ngx_presence_redis_t *rds)
     rds->exiting = 1;
 
     ngx_presence_redis_sentinel_stop(rds);
+    ngx_presence_redis_cluster_stop(rds);
     ngx_presence_redis_conn_close(&rds->data);
     ngx_presence_redis_pubsub_close(rds);
 }

@@ -33,6 +33,8 @@ typedef struct ngx_presence_cmd_s    ngx_presence_cmd_t;
 typedef struct ngx_presence_conn_s   ngx_presence_conn_t;
 typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
 typedef struct ngx_presence_sentinel_s  ngx_presence_sentinel_t;
+typedef struct ngx_presence_cluster_s   ngx_presence_cluster_t;
+typedef struct ngx_presence_node_s      ngx_presence_node_t;
 
 /*
  * Called once per command that was accepted: with the reply, or with NULL
@@ -79,6 +81,9 @@ typedef struct {
     ngx_str_t                  master;
     ngx_array_t               *sentinels;  /* of ngx_presence_addr_t */
     ngx_str_t                  sentinel_password;
+
+    /* presence_redis_cluster: the seed nodes */
+    ngx_array_t               *seeds;     /* of ngx_presence_addr_t */
 } ngx_presence_redis_conf_t;
 
 
@@ -96,6 +101,7 @@ typedef struct {
     ngx_atomic_t               redis_timeouts;
     ngx_atomic_t               redis_reconnects;
     ngx_atomic_t               redis_failovers;
+    ngx_atomic_t               redis_redirects;
     ngx_atomic_t               redis_rtt_us_sum;
     ngx_atomic_t               redis_rtt_count;
     ngx_atomic_t               stream_events;
@@ -118,6 +124,8 @@ typedef struct {
 char *ngx_presence_redis_parse_address(ngx_conf_t *cf,
     ngx_presence_redis_conf_t *rcf, ngx_str_t *value);
 char *ngx_presence_redis_parse_sentinel(ngx_conf_t *cf,
+    ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n);
+char *ngx_presence_redis_parse_cluster(ngx_conf_t *cf,
     ngx_presence_redis_conf_t *rcf, ngx_str_t *values, ngx_uint_t n);
 
 ngx_presence_redis_t *ngx_presence_redis_create(ngx_cycle_t *cycle,
@@ -150,7 +158,8 @@ void ngx_presence_redis_unsubscribe(ngx_presence_redis_t *rds,
  * ngx_presence_redis_conn.c the life of a connection,
  * ngx_presence_redis_adapter.c its events, ngx_presence_redis_reply.c
  * the replies, ngx_presence_redis_pubsub.c the subscriber connection,
- * ngx_presence_redis_sentinel.c the sentinels and where the master is.
+ * ngx_presence_redis_sentinel.c the sentinels and where the master is,
+ * ngx_presence_redis_cluster.c the slots of a cluster and its nodes.
  */
 
 #define NGX_PRESENCE_DOWN          0
@@ -164,7 +173,9 @@ void ngx_presence_redis_unsubscribe(ngx_presence_redis_t *rds,
 
 
 struct ngx_presence_cmd_s {
+    /* NULL while the command waits for a cluster's map or a retry */
     ngx_presence_conn_t           *conn;
+    ngx_presence_redis_t          *redis;
     ngx_presence_reply_pt          handler;
     void                          *data;
     ngx_log_t                     *log;
@@ -177,6 +188,18 @@ struct ngx_presence_cmd_s {
 
     unsigned                       queued:1;
     unsigned                       retried:1;
+    /* a cluster's ASK: ASKING goes first */
+    unsigned                       asking:1;
+
+    /* a cluster: the room's slot, when the command came, what it met */
+    ngx_uint_t                     slot;
+    ngx_msec_t                     created;
+    ngx_msec_t                     due;
+    ngx_uint_t                     redirects;
+    ngx_uint_t                     tries;
+    /* a listing's queued script was refused: why, and where to go */
+    ngx_uint_t                     refused;
+    ngx_presence_node_t           *target;
 
     /* EVALSHA sha 3 room sessions version args... */
     const char                    *argv[6 + NGX_PRESENCE_MAX_ARGS];
@@ -215,7 +238,6 @@ struct ngx_presence_conn_s {
     ngx_uint_t                     connects;
     ngx_uint_t                     failures;
 
-    unsigned                       unexpected:1;
     /* a transaction was left open: nothing more may go on this connection */
     unsigned                       broken:1;
     /* the subscriber connection of the live streams */
@@ -224,6 +246,10 @@ struct ngx_presence_conn_s {
     unsigned                       sentinel:1;
     /* the master moved or said READONLY: drop it, connect again */
     unsigned                       moved:1;
+    /* the connection that asks a cluster for its slots */
+    unsigned                       cluster:1;
+    /* a cluster's node no longer in the map: connect only when needed */
+    unsigned                       idle:1;
 };
 
 
@@ -245,7 +271,14 @@ struct ngx_presence_redis_s {
     /* presence_redis_sentinel */
     ngx_presence_sentinel_t       *sentinel;
 
-    /* the one data connection; a cluster would add one per master */
+    /*
+     * presence_redis_cluster: the slots and a connection per master; the
+     * master's address above is then the node the slots came from, where
+     * the subscriber connection goes
+     */
+    ngx_presence_cluster_t        *cluster;
+
+    /* the one data connection, without a cluster */
     ngx_presence_conn_t            data;
 
     /* the subscriber connection, from the worker's first stream on */
@@ -254,6 +287,8 @@ struct ngx_presence_redis_s {
 
     unsigned                       exiting:1;
     unsigned                       sub_started:1;
+    /* an unexpected reply was logged since the last connect */
+    unsigned                       unexpected:1;
 };
 
 
@@ -272,6 +307,12 @@ void ngx_presence_redis_closed(redisAsyncContext *ac);
 void ngx_presence_redis_load_scripts(ngx_presence_conn_t *conn);
 void ngx_presence_redis_flush(ngx_presence_conn_t *conn);
 void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
+ngx_presence_cmd_t *ngx_presence_redis_dequeue(ngx_queue_t *queue);
+ngx_int_t ngx_presence_redis_submit_to(ngx_presence_cmd_t *cmd,
+    ngx_presence_conn_t *conn);
+void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply);
+void ngx_presence_redis_queued_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
 
 /* ngx_presence_redis_pubsub.c */
 void ngx_presence_redis_pubsub_ready(ngx_presence_redis_t *rds);
@@ -288,6 +329,18 @@ void ngx_presence_redis_sentinel_closed(ngx_presence_conn_t *conn);
 void ngx_presence_redis_role_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 void ngx_presence_redis_move(ngx_presence_conn_t *conn);
+
+/* ngx_presence_redis_cluster.c */
+ngx_int_t ngx_presence_redis_cluster_start(ngx_presence_redis_t *rds);
+void ngx_presence_redis_cluster_stop(ngx_presence_redis_t *rds);
+ngx_presence_cmd_t *ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd);
+ngx_uint_t ngx_presence_redis_cluster_slot(ngx_str_t *key);
+ngx_int_t ngx_presence_redis_cluster_reply(ngx_presence_cmd_t *cmd,
+    redisReply *reply);
+void ngx_presence_redis_cluster_refused(ngx_presence_cmd_t *cmd,
+    redisReply *reply);
+void ngx_presence_redis_cluster_ready(ngx_presence_conn_t *conn);
+void ngx_presence_redis_cluster_closed(ngx_presence_conn_t *conn);
 
 /* ngx_presence_redis_adapter.c */
 ngx_int_t ngx_presence_redis_attach(redisAsyncContext *ac, ngx_log_t *log);

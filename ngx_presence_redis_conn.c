@@ -136,14 +136,16 @@ ngx_presence_redis_connect(ngx_presence_conn_t *conn)
      * hiredis reads pub/sub messages with its own reply objects only;
      * the sentinels' few replies need no more
      */
-    if (!conn->pubsub && !conn->sentinel) {
+    if (!conn->pubsub && !conn->sentinel && !conn->cluster) {
         ac->c.reader->fn = &ngx_presence_reply_functions;
+
+        /* a new connection: an unexpected reply is worth a line again */
+        rds->unexpected = 0;
     }
 
     conn->ac = ac;
     conn->state = NGX_PRESENCE_CONNECTING;
     conn->timeouts = 0;
-    conn->unexpected = 0;
     conn->broken = 0;
 
     /* the adapter is in place: this arms the write event */
@@ -179,8 +181,11 @@ ngx_presence_redis_send_handshake(ngx_presence_conn_t *conn)
         return;
     }
 
-    if (conn->pubsub) {
-        /* a subscriber needs AUTH only; PING says it is ready without */
+    if (conn->pubsub || conn->cluster) {
+        /*
+         * a subscriber, or the connection that asks a cluster for its
+         * slots, needs AUTH only; PING says it is ready without
+         */
 
         argv[0] = rcf->password.len ? "AUTH" : "PING";
         len[0] = 4;
@@ -297,6 +302,11 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
         return;
     }
 
+    if (conn->cluster) {
+        ngx_presence_redis_cluster_ready(conn);
+        return;
+    }
+
     if (conn->pubsub) {
         ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
                       "presence: subscribed to redis at \"%V\" for the "
@@ -311,7 +321,10 @@ ngx_presence_redis_handshake_reply(redisAsyncContext *ac, void *r,
         (void) ngx_atomic_fetch_add(&rds->counters->redis_reconnects, 1);
     }
 
-    rds->worker->connected = 1;
+    if (rds->cluster == NULL) {
+        /* with a cluster: once the worker knows the slots */
+        rds->worker->connected = 1;
+    }
 
     ngx_log_error(NGX_LOG_NOTICE, rds->log, 0,
                   "presence: connected to redis at \"%V\"", &conn->addr->name);
@@ -364,6 +377,11 @@ ngx_presence_redis_connect_failed(ngx_presence_conn_t *conn, const char *err)
             /* refused at once: a subscriber tries the next sentinel */
             ngx_presence_redis_sentinel_closed(conn);
         }
+
+        if (rds->cluster) {
+            /* another node is asked, or the slots are asked again */
+            ngx_presence_redis_cluster_closed(conn);
+        }
     }
 
     if (rds->sentinel && !conn->sentinel && !conn->pubsub) {
@@ -408,7 +426,10 @@ ngx_presence_redis_timer_handler(ngx_event_t *ev)
     conn = ev->data;
 
     if (conn->state == NGX_PRESENCE_DOWN) {
-        ngx_presence_redis_connect(conn);
+        if (!conn->idle) {
+            ngx_presence_redis_connect(conn);
+        }
+
         return;
     }
 
@@ -535,13 +556,24 @@ ngx_presence_redis_closed(redisAsyncContext *ac)
         return;
     }
 
+    if (conn->redis->cluster) {
+        /* another node is asked, or the slots are asked again */
+        ngx_presence_redis_cluster_closed(conn);
+    }
+
     if (conn->pubsub) {
         /* the streams learn that their events may have been missed */
         ngx_presence_redis_pubsub_down(conn->redis);
         return;
     }
 
-    conn->redis->worker->connected = 0;
+    if (conn->cluster) {
+        return;
+    }
+
+    if (conn->redis->cluster == NULL) {
+        conn->redis->worker->connected = 0;
+    }
 
     if (conn->redis->sentinel) {
         /* the master may have moved: the sentinels know */
