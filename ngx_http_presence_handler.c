@@ -591,26 +591,28 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
 
     } else {
         /*
-         * heartbeat: user, ttl, session, most sessions, the keys' life;
-         * leave: user,
-         * session, grace; lookup: user.  No session_id is the empty one.
+         * heartbeat: ttl, most sessions, the keys' life, user, session
+         * (heartbeats of a room with the same first three may go to Redis
+         * together); leave: user, session, grace; lookup: user.  No
+         * session_id is the empty one.
          */
 
-        args[0] = ctx->user;
-
         if (ctx->script == NGX_PRESENCE_HEARTBEAT) {
-            args[1] = plcf->ttl_ms;
-            args[2] = ctx->session;
-            args[3] = plcf->max_sessions_arg;
-            args[4] = plcf->key_life_arg;
+            args[0] = plcf->ttl_ms;
+            args[1] = plcf->max_sessions_arg;
+            args[2] = plcf->key_life_arg;
+            args[3] = ctx->user;
+            args[4] = ctx->session;
             nargs = 5;
 
         } else if (ctx->script == NGX_PRESENCE_LEAVE) {
+            args[0] = ctx->user;
             args[1] = ctx->session;
             args[2] = plcf->leave_grace_arg;
             nargs = 3;
 
         } else {
+            args[0] = ctx->user;
             nargs = 1;
         }
 

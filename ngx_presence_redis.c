@@ -180,59 +180,72 @@ static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
 static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
 
     /*
-     * heartbeat: ARGV[1] user, ARGV[2] ttl in ms, ARGV[3] session ('' for
-     * the default one), ARGV[4] most sessions; a new session beyond them
-     * replaces the one seen least recently; ARGV[5] how long the keys live
-     * after it (longer than the ttl: a key that expires takes its users
-     * with it unannounced, so the sweeps must find them first).  Returns
-     * {count, sessions}.
+     * heartbeat, of one user or of several in the room: ARGV[1] ttl in
+     * ms, ARGV[2] most sessions (a new session beyond them replaces the
+     * one seen least recently), ARGV[3] how long the keys live after it
+     * (longer than the ttl: a key that expires takes its users with it
+     * unannounced, so the sweeps must find them first), then a user and
+     * a session ('' for the default one) each.  Returns {count, sessions
+     * of the first user, of the second...}.  The sessions hash is read
+     * only when it exists: a room whose users send no session_id costs a
+     * ZADD per heartbeat.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
                NGX_PRESENCE_LUA_SESSIONS
                NGX_PRESENCE_LUA_EXTEND
-               "local user, id = ARGV[1], ARGV[3]\n"
-               "local ttl, life = tonumber(ARGV[2]), tonumber(ARGV[5])\n"
-               "local v = redis.call('HGET', KEYS[2], user)\n"
-               "local n, joined = 1, false\n"
-               "if v or id ~= '' then\n"
-               "  local s = {}\n"
-               "  if v then\n"
-               "    s = load(v)\n"
-               "  else\n"
-               "    local old = redis.call('ZSCORE', KEYS[1], user)\n"
-               "    if old then s[1] = {'', tonumber(old)} end\n"
-               "    joined = not old\n"
-               "  end\n"
-               "  local this\n"
-               "  for _, x in ipairs(s) do\n"
-               "    if x[1] == id then this = x end\n"
-               "  end\n"
-               "  if not this then\n"
-               "    if #s >= tonumber(ARGV[4]) then\n"
-               "      local o = 1\n"
-               "      for i = 2, #s do\n"
-               "        if math.abs(s[i][2]) < math.abs(s[o][2]) then"
-               " o = i end\n"
-               "      end\n"
-               "      table.remove(s, o)\n"
-               "    end\n"
-               "    this = {id}\n"
-               "    s[#s + 1] = this\n"
-               "  end\n"
-               "  this[2] = now + ttl\n"
-               "  n = store(user, s)\n"
-               "  extend(KEYS[2], life)\n"
-               "else\n"
-               "  joined = redis.call('ZADD', KEYS[1],"
-               " string.format('%d', now + ttl), user) == 1\n"
-               "end\n"
-               "extend(KEYS[1], life)\n"
+               "local ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+               "local life = tonumber(ARGV[3])\n"
+               "local hs = redis.call('EXISTS', KEYS[2]) == 1\n"
+               "local named = false\n"
                "local count = redis.call('ZCARD', KEYS[1])\n"
-               "if joined then\n"
-               "  event('J', user, count)\n"
-               "  publish()\n"
+               "local out = {0}\n"
+               "for a = 4, #ARGV, 2 do\n"
+               "  local user, id = ARGV[a], ARGV[a + 1]\n"
+               "  local v = hs and redis.call('HGET', KEYS[2], user)\n"
+               "  local n, joined = 1, false\n"
+               "  if v or id ~= '' then\n"
+               "    local s = {}\n"
+               "    if v then\n"
+               "      s = load(v)\n"
+               "    else\n"
+               "      local old = redis.call('ZSCORE', KEYS[1], user)\n"
+               "      if old then s[1] = {'', tonumber(old)} end\n"
+               "      joined = not old\n"
+               "    end\n"
+               "    local this\n"
+               "    for _, x in ipairs(s) do\n"
+               "      if x[1] == id then this = x end\n"
+               "    end\n"
+               "    if not this then\n"
+               "      if #s >= most then\n"
+               "        local o = 1\n"
+               "        for i = 2, #s do\n"
+               "          if math.abs(s[i][2]) < math.abs(s[o][2]) then"
+               " o = i end\n"
+               "        end\n"
+               "        table.remove(s, o)\n"
+               "      end\n"
+               "      this = {id}\n"
+               "      s[#s + 1] = this\n"
+               "    end\n"
+               "    this[2] = now + ttl\n"
+               "    n = store(user, s)\n"
+               "    hs, named = true, true\n"
+               "  else\n"
+               "    joined = redis.call('ZADD', KEYS[1],"
+               " string.format('%d', now + ttl), user) == 1\n"
+               "  end\n"
+               "  if joined then\n"
+               "    count = count + 1\n"
+               "    event('J', user, count)\n"
+               "  end\n"
+               "  out[#out + 1] = n\n"
                "end\n"
-               "return {count, n}\n"),
+               "if named then extend(KEYS[2], life) end\n"
+               "extend(KEYS[1], life)\n"
+               "out[1] = count\n"
+               "publish()\n"
+               "return out\n"),
 
     /*
      * leave: ARGV[1] user, ARGV[2] session ('' for all of the user's),
@@ -342,6 +355,10 @@ ngx_presence_redis_eval(ngx_presence_redis_t *rds, ngx_uint_t script,
         return NULL;
     }
 
+    if (script == NGX_PRESENCE_HEARTBEAT) {
+        return ngx_presence_redis_batch_add(cmd);
+    }
+
     return ngx_presence_redis_submit(cmd);
 }
 
@@ -418,6 +435,8 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
 
     ngx_memzero(cmd, sizeof(ngx_presence_cmd_t));
 
+    cmd->argv = cmd->args;
+    cmd->argvlen = cmd->lens;
     cmd->conn = conn;
     cmd->redis = rds;
     cmd->handler = handler;
@@ -474,16 +493,38 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
 static ngx_presence_cmd_t *
 ngx_presence_redis_submit(ngx_presence_cmd_t *cmd)
 {
-    if (cmd->redis->cluster) {
-        return ngx_presence_redis_cluster_submit(cmd);
-    }
-
-    if (ngx_presence_redis_submit_to(cmd, cmd->conn) != NGX_OK) {
+    if (ngx_presence_redis_start(cmd) != NGX_OK) {
         ngx_free(cmd);
         return NULL;
     }
 
     return cmd;
+}
+
+
+/*
+ * To the connection of the room's master; NGX_ERROR, the command not
+ * taken, when Redis is unavailable
+ */
+
+ngx_int_t
+ngx_presence_redis_start(ngx_presence_cmd_t *cmd)
+{
+    ngx_presence_conn_t  *conn;
+
+    if (cmd->redis->cluster) {
+        return ngx_presence_redis_cluster_submit(cmd);
+    }
+
+    conn = &cmd->redis->data;
+
+    if (conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
+        || conn->broken)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_presence_redis_submit_to(cmd, conn);
 }
 
 
@@ -668,6 +709,11 @@ ngx_presence_redis_detach(ngx_presence_cmd_t *cmd)
     if (cmd->queued) {
         /* not written yet: it never will be */
         ngx_queue_remove(&cmd->queue);
+
+        if (cmd->batch) {
+            ngx_presence_redis_batch_leave(cmd);
+        }
+
         ngx_free(cmd);
         return;
     }
@@ -905,7 +951,11 @@ ngx_presence_redis_readonly(ngx_presence_cmd_t *cmd, redisReply *reply)
 void
 ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply)
 {
-    if (cmd->data && !cmd->redis->exiting) {
+    if (cmd->many) {
+        /* every heartbeat of the batch gets its part, or is freed */
+        ngx_presence_redis_batch_done(cmd->data, reply);
+
+    } else if (cmd->data && !cmd->redis->exiting) {
         cmd->handler(cmd->data, reply);
     }
 
@@ -1240,6 +1290,8 @@ ngx_presence_redis_create(ngx_cycle_t *cycle, ngx_presence_redis_conf_t *rcf,
     ngx_presence_redis_conn_init(conn, rds, cycle->log);
     conn->addr = &rds->master;
 
+    ngx_presence_redis_batch_init(rds);
+
     /*
      * The first handshake's timer counts from the cached clock, which the
      * start of a worker (or valgrind) may have left seconds behind.
@@ -1271,6 +1323,7 @@ ngx_presence_redis_destroy(ngx_presence_redis_t *rds)
 {
     rds->exiting = 1;
 
+    ngx_presence_redis_batch_close(rds);
     ngx_presence_redis_sentinel_stop(rds);
     ngx_presence_redis_cluster_stop(rds);
     ngx_presence_redis_conn_close(&rds->data);

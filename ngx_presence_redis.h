@@ -35,6 +35,7 @@ typedef struct ngx_presence_redis_s  ngx_presence_redis_t;
 typedef struct ngx_presence_sentinel_s  ngx_presence_sentinel_t;
 typedef struct ngx_presence_cluster_s   ngx_presence_cluster_t;
 typedef struct ngx_presence_node_s      ngx_presence_node_t;
+typedef struct ngx_presence_batch_s     ngx_presence_batch_t;
 
 /*
  * Called once per command that was accepted: with the reply, or with NULL
@@ -190,6 +191,8 @@ struct ngx_presence_cmd_s {
     unsigned                       retried:1;
     /* a cluster's ASK: ASKING goes first */
     unsigned                       asking:1;
+    /* the heartbeats of a batch: data is the batch */
+    unsigned                       many:1;
 
     /* a cluster: the room's slot, when the command came, what it met */
     ngx_uint_t                     slot;
@@ -201,9 +204,14 @@ struct ngx_presence_cmd_s {
     ngx_uint_t                     refused;
     ngx_presence_node_t           *target;
 
+    /* a heartbeat: the batch it is in, or waits in */
+    ngx_presence_batch_t          *batch;
+
     /* EVALSHA sha 3 room sessions version args... */
-    const char                    *argv[6 + NGX_PRESENCE_MAX_ARGS];
-    size_t                         argvlen[6 + NGX_PRESENCE_MAX_ARGS];
+    const char                   **argv;
+    size_t                        *argvlen;
+    const char                    *args[6 + NGX_PRESENCE_MAX_ARGS];
+    size_t                         lens[6 + NGX_PRESENCE_MAX_ARGS];
 
     /* a listing: ZREVRANGE <key> 0 <limit - 1>, none when the limit is 0 */
     ngx_uint_t                     limit;
@@ -281,6 +289,10 @@ struct ngx_presence_redis_s {
     /* the one data connection, without a cluster */
     ngx_presence_conn_t            data;
 
+    /* heartbeats to go to Redis together at the end of the event loop */
+    ngx_queue_t                    batches;
+    ngx_event_t                    flush;
+
     /* the subscriber connection, from the worker's first stream on */
     ngx_presence_conn_t            sub;
     ngx_presence_pubsub_pt         pubsub;
@@ -310,6 +322,7 @@ void ngx_presence_redis_fail_queue(ngx_queue_t *queue);
 ngx_presence_cmd_t *ngx_presence_redis_dequeue(ngx_queue_t *queue);
 ngx_int_t ngx_presence_redis_submit_to(ngx_presence_cmd_t *cmd,
     ngx_presence_conn_t *conn);
+ngx_int_t ngx_presence_redis_start(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_finish(ngx_presence_cmd_t *cmd, redisReply *reply);
 void ngx_presence_redis_queued_reply(redisAsyncContext *ac, void *r,
     void *privdata);
@@ -333,7 +346,7 @@ void ngx_presence_redis_move(ngx_presence_conn_t *conn);
 /* ngx_presence_redis_cluster.c */
 ngx_int_t ngx_presence_redis_cluster_start(ngx_presence_redis_t *rds);
 void ngx_presence_redis_cluster_stop(ngx_presence_redis_t *rds);
-ngx_presence_cmd_t *ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd);
+ngx_int_t ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd);
 ngx_uint_t ngx_presence_redis_cluster_slot(ngx_str_t *key);
 ngx_int_t ngx_presence_redis_cluster_reply(ngx_presence_cmd_t *cmd,
     redisReply *reply);
@@ -341,6 +354,14 @@ void ngx_presence_redis_cluster_refused(ngx_presence_cmd_t *cmd,
     redisReply *reply);
 void ngx_presence_redis_cluster_ready(ngx_presence_conn_t *conn);
 void ngx_presence_redis_cluster_closed(ngx_presence_conn_t *conn);
+
+/* ngx_presence_redis_batch.c */
+void ngx_presence_redis_batch_init(ngx_presence_redis_t *rds);
+ngx_presence_cmd_t *ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd);
+void ngx_presence_redis_batch_leave(ngx_presence_cmd_t *cmd);
+void ngx_presence_redis_batch_done(ngx_presence_batch_t *batch,
+    redisReply *reply);
+void ngx_presence_redis_batch_close(ngx_presence_redis_t *rds);
 
 /* ngx_presence_redis_adapter.c */
 ngx_int_t ngx_presence_redis_attach(redisAsyncContext *ac, ngx_log_t *log);

@@ -265,11 +265,11 @@ ngx_presence_redis_cluster_slot(ngx_str_t *key)
 
 /*
  * A command of the data model: to its slot's master, or to wait for the
- * first map.  NULL (the command freed) when nobody can take it now: the
- * request gets 503 at once.
+ * first map.  NGX_ERROR when nobody can take it now: the request gets
+ * 503 at once.
  */
 
-ngx_presence_cmd_t *
+ngx_int_t
 ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd)
 {
     ngx_presence_node_t     *node;
@@ -279,12 +279,12 @@ ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd)
 
     if (!cl->mapped) {
         if (cl->conn.ac == NULL) {
-            return NULL;
+            return NGX_ERROR;
         }
 
         cmd->queued = 1;
         ngx_queue_insert_tail(&cl->waiting, &cmd->queue);
-        return cmd;
+        return NGX_OK;
     }
 
     node = cl->slots[cmd->slot];
@@ -293,11 +293,10 @@ ngx_presence_redis_cluster_submit(ngx_presence_cmd_t *cmd)
         || ngx_presence_redis_cluster_route(cmd, node) != NGX_OK)
     {
         ngx_presence_redis_cluster_refresh(cmd->redis);
-        ngx_free(cmd);
-        return NULL;
+        return NGX_ERROR;
     }
 
-    return cmd;
+    return NGX_OK;
 }
 
 

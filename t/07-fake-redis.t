@@ -112,10 +112,10 @@ sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
     my $e = $rest[0];
     is(uc $e->[0], 'EVALSHA', '  EVALSHA');
     ok($sha{ $e->[1] }, '  with the SHA1 of a loaded script');
-    is_deeply([@$e[2 .. $#$e]], ['3', $KEY, "$KEY:s", "$KEY:v", 'alice',
-                                 '10000', '', '16', life(2)],
-              '  3 keys (room, sessions, last event id), the user, the ttl in '
-              . 'ms, no session, at most 16, the keys\' life');
+    is_deeply([@$e[2 .. $#$e]], ['3', $KEY, "$KEY:s", "$KEY:v", '10000',
+                                 '16', life(2), 'alice', ''],
+              '  3 keys (room, sessions, last event id), the ttl in ms, at '
+              . 'most 16, the keys\' life, then the user and no session');
     my $hb_sha = $e->[1];
 
     # leave
@@ -202,8 +202,8 @@ sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
     is(uc $last[0][0], 'EVALSHA', '  EVALSHA first');
     is(uc $last[1][0], 'EVAL', '  then EVAL');
     is(sha1_hex($last[1][1]), $hb_sha, '  of the heartbeat script');
-    is_deeply([@{ $last[1] }[2 .. 10]], ['3', $KEY, "$KEY:s", "$KEY:v", 'bob',
-                                         '10000', '', '16', life(2)],
+    is_deeply([@{ $last[1] }[2 .. 10]], ['3', $KEY, "$KEY:s", "$KEY:v", '10000',
+                                         '16', life(2), 'bob', ''],
               '  with the same keys and arguments');
 
     $fake->set_reply('EVAL', resp_err('ERR still broken'));
@@ -374,8 +374,9 @@ sub flush_fake {
         return $std if defined $std;
         my $ok = resp_array(resp_int(7), resp_int(1));
         return $ok if uc $argv->[0] eq 'EVAL';
-        return $ok if ($argv->[6] // '') ne 'alice';
-        my $r = @$argv == 11 ? $hb : $leave;
+        my $hb_of = @$argv == 11 && ($argv->[9] // '') eq 'alice';
+        return $ok unless $hb_of || ($argv->[6] // '') eq 'alice';
+        my $r = $hb_of ? $hb : $leave;
         return sub { -e "$st->{dir}/release" ? $r : undef };
     });
 }
