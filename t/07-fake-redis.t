@@ -15,6 +15,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Digest::SHA qw(sha1_hex);
+use Encode qw(encode_utf8);
 use Test::More;
 use Time::HiRes qw(time);
 use Presence::Test;
@@ -297,6 +298,25 @@ sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
         # (a read that stalls after 16 KiB would end in 504 at the timeout)
         is_deeply($res->{json}{users}, \@members, '  all 1000 members, sorted');
     }
+
+    # names that share 8 bytes or more, that are prefixes of each other,
+    # with bytes above 0x7f: the order is memcmp()'s, whatever the sort
+    srand(7);
+    my @alphabet = ('a', 'b', 'Z', '0', '~', "\xc3\xa9", "\xe2\x82\xac");
+    my %names = map { $_ => 1 } ('a', 'ab', 'abcdefgh', 'abcdefghi',
+                                 'abcdefgha', 'abcdefgh~', "abcdefgh\xc3\xa9");
+    while (keys %names < 700) {
+        my $stem = rand() < 0.5 ? 'abcdefg' : '';
+        $names{ $stem . join '', map { $alphabet[rand @alphabet] }
+                                 1 .. 1 + int rand 12 } = 1;
+    }
+    my @shuffled = sort { rand() <=> 0.5 } keys %names;
+    $fake->set_reply('EXEC', resp_array(head(scalar @shuffled),
+        resp_array(map { resp_bulk($_) } @shuffled)));
+    $res = $ng->get('/online');
+    is_deeply([map { encode_utf8($_) } @{ $res->{json}{users} }],
+              [sort keys %names],
+              '700 names, many alike in their first 8 bytes: sorted bytewise');
 
     $ng->stop;
     $fake->stop;
