@@ -128,10 +128,10 @@ static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
 #define NGX_PRESENCE_VERSION_TTL  "60000"
 
 /*
- * A user's sessions: load() the live ones of a field, store() them back
- * with the user's score in the room (the end of the last session), and
- * return how many are not on their way out.  One default session that is
- * not ending needs no field.
+ * A user's sessions: load() the live ones of a field; pack() them into
+ * what the user's field and score become (the field is false for one
+ * default session that is not ending: it needs none), with how many are
+ * not on their way out; store() writes that back.
  */
 
 #define NGX_PRESENCE_LUA_SESSIONS                                             \
@@ -143,23 +143,29 @@ static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
     "  end\n"                                                                 \
     "  return s\n"                                                            \
     "end\n"                                                                   \
-    "local function store(user, s)\n"                                         \
-    "  if #s == 0 then\n"                                                     \
-    "    redis.call('ZREM', KEYS[1], user)\n"                                 \
-    "    redis.call('HDEL', KEYS[2], user)\n"                                 \
-    "    return 0\n"                                                          \
-    "  end\n"                                                                 \
+    "local function pack(s)\n"                                                \
     "  local last, n, v = 0, 0, {}\n"                                         \
     "  for _, x in ipairs(s) do\n"                                            \
     "    last = math.max(last, math.abs(x[2]))\n"                             \
     "    if x[2] > 0 then n = n + 1 end\n"                                    \
     "    v[#v + 1] = x[1] .. '\\n' .. string.format('%d', x[2]) .. '\\n'\n"   \
     "  end\n"                                                                 \
-    "  redis.call('ZADD', KEYS[1], string.format('%d', last), user)\n"        \
-    "  if #s == 1 and s[1][1] == '' and s[1][2] > 0 then\n"                   \
+    "  if #s == 1 and s[1][1] == '' and s[1][2] > 0 then v = false\n"         \
+    "  else v = table.concat(v) end\n"                                        \
+    "  return n, last, v\n"                                                   \
+    "end\n"                                                                   \
+    "local function store(user, s)\n"                                         \
+    "  if #s == 0 then\n"                                                     \
+    "    redis.call('ZREM', KEYS[1], user)\n"                                 \
     "    redis.call('HDEL', KEYS[2], user)\n"                                 \
+    "    return 0\n"                                                          \
+    "  end\n"                                                                 \
+    "  local n, last, v = pack(s)\n"                                          \
+    "  redis.call('ZADD', KEYS[1], string.format('%d', last), user)\n"        \
+    "  if v then\n"                                                           \
+    "    redis.call('HSET', KEYS[2], user, v)\n"                              \
     "  else\n"                                                                \
-    "    redis.call('HSET', KEYS[2], user, table.concat(v))\n"                \
+    "    redis.call('HDEL', KEYS[2], user)\n"                                 \
     "  end\n"                                                                 \
     "  return n\n"                                                            \
     "end\n"
@@ -186,31 +192,46 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
      * (longer than the ttl: a key that expires takes its users with it
      * unannounced, so the sweeps must find them first), then a user and
      * a session ('' for the default one) each.  Returns {count, sessions
-     * of the first user, of the second...}.  The sessions hash is read
-     * only when it exists: a room whose users send no session_id costs a
-     * ZADD per heartbeat.
+     * of the first user, of the second...}.  Whatever the number of
+     * users, Redis is asked the same few commands: their scores (ZMSCORE;
+     * a ZSCORE each before Redis 6.2) and, when the sessions hash exists,
+     * their fields (HMGET); then one ZADD and at most one HSET and one
+     * HDEL write them back.  A user who comes twice in one call is seen
+     * as the first heartbeat left it.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
                NGX_PRESENCE_LUA_SESSIONS
                NGX_PRESENCE_LUA_EXTEND
                "local ttl, most = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-               "local life = tonumber(ARGV[3])\n"
-               "local hs = redis.call('EXISTS', KEYS[2]) == 1\n"
-               "local named = false\n"
+               "local life, users = tonumber(ARGV[3]), {}\n"
+               "for a = 4, #ARGV, 2 do users[#users + 1] = ARGV[a] end\n"
+               "local hv, zs = {}, redis.pcall('ZMSCORE', KEYS[1],"
+               " unpack(users))\n"
+               "if zs.err then\n"
+               "  zs = {}\n"
+               "  for i, u in ipairs(users) do\n"
+               "    zs[i] = redis.call('ZSCORE', KEYS[1], u)\n"
+               "  end\n"
+               "end\n"
+               "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
+               "  hv = redis.call('HMGET', KEYS[2], unpack(users))\n"
+               "end\n"
                "local count = redis.call('ZCARD', KEYS[1])\n"
-               "local out = {0}\n"
-               "for a = 4, #ARGV, 2 do\n"
-               "  local user, id = ARGV[a], ARGV[a + 1]\n"
-               "  local v = hs and redis.call('HGET', KEYS[2], user)\n"
-               "  local n, joined = 1, false\n"
+               "local cur, seen, out = {}, {}, {0}\n"
+               "for i, user in ipairs(users) do\n"
+               "  local id, c = ARGV[2 * i + 3], cur[user]\n"
+               "  if not c then\n"
+               "    c = {hv[i], zs[i]}\n"
+               "    cur[user] = c\n"
+               "    seen[#seen + 1] = user\n"
+               "  end\n"
+               "  local v, old, n = c[1], c[2], 1\n"
                "  if v or id ~= '' then\n"
                "    local s = {}\n"
                "    if v then\n"
                "      s = load(v)\n"
-               "    else\n"
-               "      local old = redis.call('ZSCORE', KEYS[1], user)\n"
-               "      if old then s[1] = {'', tonumber(old)} end\n"
-               "      joined = not old\n"
+               "    elseif old then\n"
+               "      s[1] = {'', tonumber(old)}\n"
                "    end\n"
                "    local this\n"
                "    for _, x in ipairs(s) do\n"
@@ -229,19 +250,33 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "      s[#s + 1] = this\n"
                "    end\n"
                "    this[2] = now + ttl\n"
-               "    n = store(user, s)\n"
-               "    hs, named = true, true\n"
+               "    n, c[2], c[1] = pack(s)\n"
+               "    c[3] = true\n"
                "  else\n"
-               "    joined = redis.call('ZADD', KEYS[1],"
-               " string.format('%d', now + ttl), user) == 1\n"
+               "    c[2] = now + ttl\n"
                "  end\n"
-               "  if joined then\n"
+               "  if not v and not old then\n"
                "    count = count + 1\n"
                "    event('J', user, count)\n"
                "  end\n"
                "  out[#out + 1] = n\n"
                "end\n"
-               "if named then extend(KEYS[2], life) end\n"
+               "local z, h, d = {}, {}, {}\n"
+               "for _, u in ipairs(seen) do\n"
+               "  local c = cur[u]\n"
+               "  z[#z + 1] = string.format('%d', c[2])\n"
+               "  z[#z + 1] = u\n"
+               "  if c[1] then\n"
+               "    h[#h + 1] = u\n"
+               "    h[#h + 1] = c[1]\n"
+               "  elseif c[3] then\n"
+               "    d[#d + 1] = u\n"
+               "  end\n"
+               "end\n"
+               "redis.call('ZADD', KEYS[1], unpack(z))\n"
+               "if #h > 0 then redis.call('HSET', KEYS[2], unpack(h)) end\n"
+               "if #d > 0 then redis.call('HDEL', KEYS[2], unpack(d)) end\n"
+               "if #h > 0 then extend(KEYS[2], life) end\n"
                "extend(KEYS[1], life)\n"
                "out[1] = count\n"
                "publish()\n"

@@ -40,6 +40,7 @@ server {
     location = /room/a/hb   { presence_room a;   presence_heartbeat; }
     location = /room/b/hb   { presence_room b;   presence_heartbeat; }
     location = /room/err/hb { presence_room err; presence_heartbeat; }
+    location = /ping { return 204; }
 }
 EOF
 
@@ -53,10 +54,12 @@ sub evalsha_calls {
     return $info =~ /^cmdstat_evalsha:calls=(\d+)/m ? $1 : 0;
 }
 
-# Opens a connection per request, then writes every request in one go, so
-# that nginx finds them all readable in one pass; returns the responses
-# (status, JSON) in the order of @reqs.  A request with close => 1 is
-# written and its connection closed at once.
+# Opens a connection per request and has nginx answer one request on each
+# (so that all are accepted and idle, as a client's keep-alive connections
+# are), then writes every request in one go, so that nginx finds them all
+# readable in one pass; returns the responses (status, JSON) in the order
+# of @reqs.  A request with close => 1 is written and its connection
+# closed at once.
 sub burst {
     my (@reqs) = @_;
     my @socks;
@@ -65,6 +68,17 @@ sub burst {
                                       PeerPort => $ng->port, Proto => 'tcp')
             or die "connect: $!";
         push @socks, $s;
+        $s->syswrite("GET /ping HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    my $ready = time + scaled(10);
+    for my $s (@socks) {
+        my $buf = '';
+        my $sel = IO::Select->new($s);
+        while ($buf !~ /\r\n\r\n/ && time < $ready) {
+            last unless $sel->can_read($ready - time);
+            last unless sysread($s, $buf, 4096, length $buf);
+        }
+        die "burst: no answer to the ping\n" unless $buf =~ m{^HTTP/1\.1 204};
     }
     for my $i (0 .. $#reqs) {
         my $q = $reqs[$i];
@@ -109,14 +123,18 @@ my $N = 40;
 my @reqs = map { { body => { user_id => "u$_" } } } 0 .. $N - 1;
 # u0 again with a named session, in the same burst: its second session
 push @reqs, { body => { user_id => 'u0', session_id => 'tab2' } };
+# u1 twice with no session, u2 twice with the same named one
+push @reqs, { body => { user_id => 'u1' } },
+            { body => { user_id => 'u2', session_id => 'x' } },
+            { body => { user_id => 'u2', session_id => 'x' } };
 
 my $before = evalsha_calls();
 my @res = burst(@reqs);
 my $calls = evalsha_calls() - $before;
 
-is(scalar(grep { $_->{status} == 200 } @res), $N + 1,
+is(scalar(grep { $_->{status} == 200 } @res), scalar @reqs,
    'burst: every heartbeat answered 200');
-ok($calls < $N + 1, "burst: $calls script calls for " . ($N + 1)
+ok($calls < @reqs, "burst: $calls script calls for " . @reqs
    . ' heartbeats (batched)');
 
 my @wrong = grep {
@@ -126,8 +144,11 @@ my @wrong = grep {
 } 0 .. $#res;
 is("@wrong", '', 'burst: each answer names its own user and the room');
 
-is($res[-1]{json}{sessions}, 2,
+is($res[$N]{json}{sessions}, 2,
    'burst: u0 heartbeating again with a session_id has 2 sessions');
+is($res[$N + 1]{json}{sessions}, 1, 'burst: u1 twice, 1 session');
+is(join(',', map { $_->{json}{sessions} } @res[$N + 2, $N + 3]), '2,2',
+   'burst: u2 twice with the same named session: 2 sessions both times');
 is($res[0]{json}{sessions}, 1, 'burst: its first heartbeat had 1');
 my @bad = grep { !defined $_->{json}{online} || $_->{json}{online} < 1
                  || $_->{json}{online} > $N } @res;
@@ -145,8 +166,8 @@ is(join(',', map { $_->{json}{count} } @joins), join(',', 1 .. $N),
 my %seen = map { $_->{json}{user_id} => 1 } @joins;
 is(scalar(keys %seen), $N, 'stream: every user joined once');
 is($r->cmd('ZCARD', 'presence:{global}'), $N, 'redis: the room has them all');
-is($r->cmd('HLEN', 'presence:{global}:s'), 1,
-   'redis: only u0 has named sessions');
+is_deeply([sort @{ $r->cmd('HKEYS', 'presence:{global}:s') }], ['u0', 'u2'],
+   'redis: only u0 and u2 have named sessions');
 
 ###########################################################################
 # rooms and locations never share a call
