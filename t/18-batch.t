@@ -9,7 +9,8 @@
 # batch sees its second session), the room's count; a stream sees every
 # join once, counted 1, 2, 3... in order; different rooms and locations
 # never share a call; a client that leaves before the answer costs the
-# others nothing; a refused call fails every heartbeat of it with 503.
+# others nothing; a refused call fails every heartbeat of it with 503;
+# a Redis without ZMSCORE (before 6.2) gets the same answers.
 
 use strict;
 use warnings;
@@ -222,5 +223,35 @@ is(scalar(grep { ($_->{json}{error} // '') eq 'redis_unavailable' } @res),
    10, 'a refused batch: each with the error JSON');
 is($r->cmd('TYPE', 'presence:{err}'), 'string',
    'a refused batch: the key untouched');
+
+###########################################################################
+# a Redis before 6.2, without ZMSCORE: the script asks ZSCORE per user
+
+{
+    my $old = start_redis(args => ['--rename-command', 'ZMSCORE', '']);
+    ok(ref $old->cmd('ZMSCORE', 'k', 'm') eq 'Presence::Test::RespError',
+       'no ZMSCORE: the command is unknown to this Redis');
+    $ng = start_nginx(<<'EOF', vars => { REDIS => $old->addr });
+presence_redis %%REDIS%%;
+presence_ttl 300s;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+
+%%API%%
+    location = /ping { return 204; }
+}
+EOF
+    ok(wait_for(sub { $ng->get('/online')->{status} == 200 }, 5),
+       'no ZMSCORE: connected');
+    @reqs = ((map { { body => { user_id => "z$_" } } } 1 .. 20),
+             { body => { user_id => 'z1', session_id => 's' } });
+    @res = burst(@reqs);
+    is(scalar(grep { $_->{status} == 200 } @res), 21,
+       'no ZMSCORE: every heartbeat answered 200');
+    is($res[-1]{json}{sessions}, 2, 'no ZMSCORE: z1 again has 2 sessions');
+    is($old->cmd('ZCARD', 'presence:{global}'), 20,
+       'no ZMSCORE: the room has all 20');
+}
 
 done_testing();
