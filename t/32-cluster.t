@@ -278,6 +278,94 @@ ok($st->wait_event(sub { $_[0]{type} eq 'join'
    'stream: its join reaches the stream');
 
 ###########################################################################
+# slots moved by hand, one step at a time.  A room's keys split between
+# two masters: TRYAGAIN, the command sent again, 503 after three quarters
+# of the timeout, or 200 once the slot is given to the target (MOVED).
+# A room's keys all on the target before that: ASK, for a heartbeat and
+# for a listing's MULTI.  (The room there has a session, so that its :s
+# key exists: the target answers TRYAGAIN to a script whose keys are not
+# all there, until the slot is its own.)
+
+{
+    my ($from, $to) = grep { $_ != $seed } $c->masters;
+    my ($room, $room2) = grep { master_of($_) == $from } @rooms;
+    my $r0 = status()->{redis_redirects};
+
+    my $migrate = sub {
+        $from->cmd('MIGRATE', '127.0.0.1', $to->port, '', 0, 5000,
+                   'KEYS', @_);
+    };
+    my $setslot = sub {
+        my ($slot, $how) = @_;
+        if ($how eq 'NODE') {
+            for my $m ($to, $from, grep { $_ != $to && $_ != $from } $c->masters) {
+                Presence::Test::RedisHA::_ok($m, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $to->id);
+            }
+        } else {
+            Presence::Test::RedisHA::_ok($to, 'CLUSTER', 'SETSLOT', $slot, 'IMPORTING', $from->id);
+            Presence::Test::RedisHA::_ok($from, 'CLUSTER', 'SETSLOT', $slot, 'MIGRATING', $to->id);
+        }
+    };
+    # what $to holds of a slot it imports (ASKING, or it says MOVED)
+    my $on_to = sub { ($to->pipeline(['ASKING'], [@_]))[1] };
+
+    my %before = map { $_ => listing($_) } $room, $room2;
+
+    # split
+    my $key = key($room);
+    my $slot = $c->slot_for_key($key);
+    $setslot->($slot, 'MIGRATING');
+    is($migrate->($key), 'OK', 'by hand: a room\'s sorted set moved, its :v not');
+
+    my $r = hb($room, 'split-0');
+    is($r->{status}, 503, 'by hand: a heartbeat while its keys are split: 503');
+    ok($r->{elapsed} >= scaled(1) * 0.6 && $r->{elapsed} < scaled(1),
+       sprintf 'by hand: after three quarters of the timeout, in tries (%.2f s)',
+       $r->{elapsed});
+
+    # the keys come together and the slot is given while a heartbeat
+    # waits to be sent again
+    my $p = $ng->send_request('POST', "/hb?room=$room",
+        headers => ['Content-Type' => 'application/json'],
+        body => '{"user_id":"split-1"}');
+    sleep scaled(0.2);
+    is($migrate->("$key:v"), 'OK', 'by hand: its :v key moved too');
+    $setslot->($slot, 'NODE');
+    $r = $p->finish;
+    is($r->{status}, 200, 'by hand: the heartbeat that waited: 200 (MOVED)')
+        or diag $r->{body};
+    ok(defined $to->cmd('ZSCORE', $key, 'split-1'), 'by hand: on the target');
+    my $r1 = status()->{redis_redirects};
+    ok($r1 > $r0, 'by hand: MOVED counted (' . ($r1 - $r0) . ')');
+    is_deeply(listing($room), [sort @{ $before{$room} }, 'split-1'],
+              'by hand: the listing, from the target');
+
+    # ASK
+    $key = key($room2);
+    $slot = $c->slot_for_key($key);
+    is($ng->post("/hb?room=$room2", { user_id => 'sess', session_id => 's1' })
+       ->{status}, 200, 'by hand: another room, a user with a session');
+    $setslot->($slot, 'MIGRATING');
+    is($migrate->($key, "$key:s", "$key:v"), 'OK',
+       'by hand: all its keys moved, the slot not given');
+    is(hb($room2, 'ask-1')->{status}, 200, 'by hand: a heartbeat: 200 (ASK)');
+    ok(defined $on_to->('ZSCORE', $key, 'ask-1'), 'by hand: on the target');
+    my $ask = $from->cmd('EXISTS', $key);
+    like(ref $ask ? $ask->message : $ask, qr/^ASK $slot /,
+         'by hand: the source answers ASK for it');
+    is_deeply(listing($room2), [sort @{ $before{$room2} }, 'sess', 'ask-1'],
+              'by hand: a listing (a MULTI) follows the ASK');
+    my $r2 = status()->{redis_redirects};
+    ok($r2 - $r1 >= 2, 'by hand: both ASKs counted (' . ($r2 - $r1) . ')');
+    $setslot->($slot, 'NODE');
+    is(hb($room2, 'moved-2')->{status}, 200, 'by hand: the slot given: 200');
+    ok(defined $to->cmd('ZSCORE', $key, 'moved-2'), 'by hand: on the target');
+    is(master_of($room2), $to, 'by hand: the map says the target');
+    ok($c->wait_ready(10), 'by hand: the cluster agrees')
+        or diag $c->why_not_ready;
+}
+
+###########################################################################
 # a slot migrated under load: ASK and MOVED followed, nothing lost
 
 my %late;       # heartbeats on the new master, after the promotion
