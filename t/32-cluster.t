@@ -4,8 +4,9 @@
 # Redis Cluster and follows it as it changes, with no reload.  Real
 # redis-server processes (Presence::Test::RedisHA: 3 masters + 3
 # replicas, one cluster for the whole file): rooms land on the master of
-# their slot; a slot migrated under load (ASK, MOVED); SCRIPT FLUSH
-# (NOSCRIPT); a live stream; a master killed (kill -9) under load, then a
+# their slot; SCRIPT FLUSH (NOSCRIPT); a live stream; slots moved by hand
+# (TRYAGAIN, ASK, MOVED), then one under load; a master killed (kill -9)
+# under load, with the stream's subscription on it, then a
 # planned CLUSTER FAILOVER, each time only 200, 503 or 504 answers and
 # heartbeats on the new master within 2 s (scaled) of its promotion; a
 # slot range with all its nodes down (503 in time, not a hang), then
