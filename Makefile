@@ -17,7 +17,9 @@ SHELL := /bin/bash
 #                   stock nginx, purge it (t/21-deb.t with DEB_TEST=1)
 #   make bench      build, run the benchmark (bench/run; DURATION=, QUICK=1)
 #   make soak       build, 2 minutes of load under Redis and reload faults
-#                   (tools/soak; SOAK_SECONDS=)
+#                   (tools/soak; SOAK_SECONDS=; SOAK_REDIS=cluster: a
+#                   Redis Cluster from tools/redis-ha, a master killed
+#                   every 20 s)
 #
 # NGINX_SRC is a configured nginx source tree with a conf_flags file, as
 # Debian's nginx-dev installs it; for another nginx see the README.
@@ -93,13 +95,15 @@ bench: $(MODULE)
 
 # The soak: wrk load on 2 workers while Redis is killed, frozen and nginx
 # reloaded (tools/soak); figures in $(BUILD)/soak.  SOAK_SECONDS=600 runs
-# it longer.
+# it longer; SOAK_REDIS=cluster runs it on a Redis Cluster, whose masters
+# are killed in turn.
 SOAK_SECONDS ?= 120
+SOAK_REDIS   ?= single
 
 .PHONY: soak
 soak: $(MODULE)
 	@tools/deps test bench
-	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_DIR=$(BUILD)/soak \
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_REDIS=$(SOAK_REDIS) SOAK_DIR=$(BUILD)/soak \
 	    TEST_NGINX_MODULE=$(MODULE) TEST_NGINX_BINARY=$(NGINX) tools/soak
 
 clean:

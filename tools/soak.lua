@@ -5,6 +5,9 @@
 --                        URL's path, n cycling over 1..SOAK_IDS (each wrk
 --                        thread starts at its own offset)
 --   SOAK_MODE=get        GET the URL's path
+--   SOAK_ROOMS=N         (N > 1) spread the requests over N rooms: the
+--                        path gets ?room=r<k>, k = n % N for a heartbeat,
+--                        each room in turn for a listing
 --   SOAK_OUT=file        where done() writes its figures, one per line:
 --                          status <code> <count>
 --                          bad_body <count>   (a 200 that is not a JSON
@@ -16,6 +19,13 @@
 
 local mode = os.getenv("SOAK_MODE") or "get"
 local ids  = tonumber(os.getenv("SOAK_IDS") or "3000")
+local rooms = tonumber(os.getenv("SOAK_ROOMS") or "1")
+
+-- the path of room k (0 .. rooms - 1); the path alone with one room
+local function path(k)
+    if rooms <= 1 then return wrk.path end
+    return wrk.path .. "?room=r" .. (k % rooms)
+end
 
 local threads = {}
 local tid = 0
@@ -35,12 +45,14 @@ function init(args)
     if mode == "heartbeat" then
         local headers = { ["Content-Type"] = "application/json" }
         for k = 1, ids do
-            reqs[k] = wrk.format("POST", wrk.path, headers,
+            reqs[k] = wrk.format("POST", path(k), headers,
                                  '{"user_id":"u' .. k .. '"}')
         end
         i = ((tid or 1) - 1) * 997 % ids
     else
-        reqs[1] = wrk.format("GET", wrk.path)
+        for k = 1, math.max(rooms, 1) do
+            reqs[k] = wrk.format("GET", path(k - 1))
+        end
     end
 end
 
