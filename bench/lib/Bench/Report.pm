@@ -422,7 +422,7 @@ How it measures:
   from the module's .so, checked against the one it loaded into Redis)
   called in a loop inside Redis, and checked through the module's lookup.
 - cluster: heartbeats as above, but into ${\ fmt_rps($i{rooms}) } rooms (`?room=r<n>`,
-  `presence_room \$arg_room`; the k-th id to room r<(k-1) mod ${\ fmt_rps($i{rooms}) } + 1>, so
+  `presence_room \$arg_room`; the k-th id to room `r<(k-1) mod $i{rooms} + 1>`, so
   ${\ fmt_rps($i{hb_ids} / $i{rooms}) } users a room, the rooms spread over the slots), the same
   1-worker nginx against one redis-server, and against a Redis Cluster of 3
   masters without replicas (`presence_redis_cluster`), both running, measured
