@@ -20,7 +20,10 @@
 --   listing    ZREMRANGEBYSCORE key -inf <now>
 --              ZCARD key
 --              ZREVRANGE key 0 <limit - 1>       (the most recently seen)
---              then sorted bytewise here, in Lua
+--              then sorted bytewise here, in Lua, by a merge sort that
+--              LuaJIT compiles: its table.sort is C calling back through the
+--              Lua C API, never compiled (about 230 us for 1,000 ids here,
+--              against about 55 us for msort below)
 --
 -- Why this is the cheapest: no Lua script in Redis (a script call costs
 -- Redis its Lua VM, and a script's reply built from a Lua table; the
@@ -42,7 +45,7 @@ local redis = require "nginx.redis"   -- 0.27: set_timeout, no set_timeouts
 local cjson = require "cjson.safe"
 
 local ngx = ngx
-local concat, sort, type = table.concat, table.sort, type
+local concat, type = table.concat, type
 local floor, format = math.floor, string.format
 
 local _M = {}
@@ -74,6 +77,32 @@ end
 
 local function fail(status, code, message)
     return send(status, cjson.encode({ error = code, message = message }))
+end
+
+-- a[1..n] sorted bytewise (Lua's < on strings), bottom-up merge sort;
+-- returns the sorted table (a or the other buffer)
+local function msort(a, n)
+    local b, w = {}, 1
+    while w < n do
+        local i = 1
+        while i <= n do
+            local m, e = i + w, i + 2 * w
+            if m > n + 1 then m = n + 1 end
+            if e > n + 1 then e = n + 1 end
+            local l, r, k = i, m, i
+            while l < m and r < e do
+                local x, y = a[l], a[r]
+                if y < x then b[k] = y; r = r + 1 else b[k] = x; l = l + 1 end
+                k = k + 1
+            end
+            while l < m do b[k] = a[l]; l = l + 1; k = k + 1 end
+            while r < e do b[k] = a[r]; r = r + 1; k = k + 1 end
+            i = e
+        end
+        a, b = b, a
+        w = w * 2
+    end
+    return a
 end
 
 -- nginx's cached clock in whole ms
@@ -175,7 +204,7 @@ function _M.online()
     res, status = commit(red, "online")
     if not res then return redis_error(status) end
     local users = res[3] or {}
-    sort(users)   -- bytewise: nginx workers run in the C locale
+    users = msort(users, #users)   -- bytewise, as the module sorts
     -- written in the module's key order; this cjson writes {} for an
     -- empty table, so an empty list is spelled out
     return send(200, concat({
