@@ -6,7 +6,12 @@
 --                         or, with BENCH_POP=N, BENCH_IDS ids drawn at random
 --                         (fixed seed) from 1..N; with BENCH_SESSION=<prefix>,
 --                         each body also names the user's session:
---                         {"user_id":"u<n>","session_id":"<prefix>u<n>"}
+--                         {"user_id":"u<n>","session_id":"<prefix>u<n>"};
+--                         with BENCH_ROOMS=R, the k-th request goes to the
+--                         room r<(k-1) % R + 1> (query argument "room", for
+--                         presence_room $arg_room): R rooms in turn, ids
+--                         1..BENCH_IDS spread over them, the same users in
+--                         the same room every time round
 --   BENCH_MODE=get        GET the URL's path (BENCH_INM: an If-None-Match value)
 --
 -- done() prints one machine-readable line, "BENCH key=value ...", that
@@ -18,13 +23,18 @@ if mode == "heartbeat" then
     local n   = tonumber(os.getenv("BENCH_IDS") or "10000")
     local pop = tonumber(os.getenv("BENCH_POP") or "0")
     local sid = os.getenv("BENCH_SESSION") or ""
+    local rooms = tonumber(os.getenv("BENCH_ROOMS") or "0")
     local reqs, i = {}, 0
 
     function init(args)
-        local path = wrk.path
         local headers = { ["Content-Type"] = "application/json" }
+        local sep = wrk.path:find("?", 1, true) and "&" or "?"
         math.randomseed(4242)
         for k = 1, n do
+            local path = wrk.path
+            if rooms > 0 then
+                path = path .. sep .. "room=r" .. ((k - 1) % rooms + 1)
+            end
             local id = k
             if pop > 0 then id = math.random(pop) end
             local body = '{"user_id":"u' .. id .. '"'

@@ -209,6 +209,8 @@ my @RATIOS = (
       'on module', 'on lua', 3 ],
     [ 'online, 1,000 users, presence_online_cache 1s: module vs static file',
       'on cached', 'on static', 0.5 ],
+    [ 'heartbeat into 1,000 rooms: Redis Cluster (3 masters) vs one redis-server',
+      'cl cluster', 'cl single', 0.9 ],
 );
 
 sub check_rows {
@@ -328,8 +330,8 @@ sub pkg_version {
 
 # Prints the tables and writes RESULTS.md to $path.  %i: started (time),
 # elapsed, loadavg, ncpu, top, module, nginx, bench (the bench/ directory),
-# and the settings the text quotes: duration, warmup, rounds, ttl, users,
-# hb_ids, hb_conns, on_conns, fan_streams, fan_rounds, fan_nofile, fan_conns
+# and the settings the text quotes: duration, warmup, rounds, ttl, users, rooms,
+# cl_rounds, hb_ids, hb_conns, on_conns, fan_streams, fan_rounds, fan_nofile, fan_conns
 sub write {
     my ($self, $path, %i) = @_;
     my $results = $self->results_table;
@@ -419,6 +421,15 @@ How it measures:
   (`tab-u<n>-2`, `-3`), written by the module's own heartbeat script (taken
   from the module's .so, checked against the one it loaded into Redis)
   called in a loop inside Redis, and checked through the module's lookup.
+- cluster: heartbeats as above, but into ${\ fmt_rps($i{rooms}) } rooms (`?room=r<n>`,
+  `presence_room \$arg_room`; the k-th id to room `r<(k-1) mod $i{rooms} + 1>`, so
+  ${\ fmt_rps($i{hb_ids} / $i{rooms}) } users a room, the rooms spread over the slots), the same
+  1-worker nginx against one redis-server, and against a Redis Cluster of 3
+  masters without replicas (`presence_redis_cluster`), both running, measured
+  in turn in $i{cl_rounds} rounds (best req/s of each). Every Redis process runs on
+  core $srv with the worker and counts in the CPU per request; the listings of
+  a few rooms are checked after the rounds, that every master holds rooms, and
+  that the worker counted no Redis timeouts, reconnects or redirects.
 - fan-out: a fresh nginx per contender (its one worker pinned to core $srv by
   `worker_cpu_affinity`, `worker_rlimit_nofile $i{fan_nofile}`, `worker_connections
   $i{fan_conns}`) and bench/fanout.c (C, epoll, one thread, on core $cli) holding
