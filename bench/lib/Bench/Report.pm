@@ -200,15 +200,15 @@ sub verdict {
 
 # the targets by ratio: [what, figure, against which, bar]
 my @RATIOS = (
-    [ 'heartbeat: module vs nginx return 204', 'hb module', 'hb ceiling', 0.5 ],
+    [ 'heartbeat: module vs nginx return 204', 'hb module', 'hb ceiling', 0.6 ],
     [ 'heartbeat with session_id: module vs nginx return 204', 'hb session',
       'hb ceiling', 0.5 ],
-    [ 'heartbeat: module vs lua-resty-redis', 'hb module', 'hb lua', 2 ],
+    [ 'heartbeat: module vs lua-resty-redis', 'hb module', 'hb lua', 3 ],
     [ 'heartbeat: module vs fastapi + redis-py', 'hb module', 'hb fastapi', 10 ],
     [ 'online, 1,000 users, uncached: module vs lua-resty-redis',
-      'on module', 'on lua', 3 ],
+      'on module', 'on lua', 5 ],
     [ 'online, 1,000 users, presence_online_cache 1s: module vs static file',
-      'on cached', 'on static', 0.5 ],
+      'on cached', 'on static', 1 ],
     [ 'heartbeat into 1,000 rooms: Redis Cluster (3 masters) vs one redis-server',
       'cl cluster', 'cl single', 0.9 ],
 );
