@@ -21,9 +21,11 @@ need_module();
 my $KEY = 'presence:{global}';
 
 my $r = start_redis();
-my %vars = (REDIS => $r->addr, SHORT => conf_time(1), AGE => conf_time(0.3));
+my %vars = (REDIS => $r->addr, SHORT => conf_time(1), AGE => conf_time(0.3),
+            TIMEOUT => conf_time(0.5));
 my $ng = start_nginx(<<'EOF', vars => \%vars);
 presence_redis %%REDIS%%;
+presence_redis_timeout %%TIMEOUT%%;
 
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -129,6 +131,21 @@ ok(users($res) !~ /(?:^|,)zed(?:,|$)/, '  zed gone');
 is($res->{body}, $first->{body}, '  the first listing again');
 is(zrev() - $z, 1, '  by a full listing');
 
+# one leaves and another joins: the same count, another id
+
+is($ng->post('/leave', { user_id => 'u0001' })->{status}, 200,
+   'u0001 leaves');
+is($ng->post('/hb', { user_id => 'yan' })->{status}, 200, 'yan joins');
+$z = zrev();
+$res = $ng->get('/online');
+is($res->{json}{count}, 1000, '  still 1000');
+ok(users($res) =~ /(?:^|,)yan(?:,|$)/ && users($res) !~ /^u0001,/,
+   '  yan listed, u0001 gone');
+is(zrev() - $z, 1, '  by a full listing');
+is($ng->post('/leave', { user_id => 'yan' })->{status}, 200, 'yan leaves');
+is($ng->post('/hb', { user_id => 'u0001' })->{status}, 200,
+   'u0001 is back');
+
 # a user who times out: the listing's own prune is the event
 
 is($ng->post('/hbshort', { user_id => 'tim' })->{status}, 200,
@@ -188,6 +205,38 @@ ok($pttl > 0 && $pttl <= 60000, '  to live a minute') or diag "PTTL $pttl";
 
 $z = zrev();
 is($ng->get('/online')->{body}, $flushed->{body}, 'and then');
+is(zrev() - $z, 0, '  from the memo');
+
+# many listings at once, some from the memo, some not, around a join
+
+my @p = map { $ng->send_request('GET', $_ % 2 ? '/online' : '/cached') }
+        1 .. 10;
+is($ng->post('/hb', { user_id => 'xavier' })->{status}, 200,
+   'xavier joins while listings are on their way');
+push @p, map { $ng->send_request('GET', '/online') } 1 .. 10;
+my @st = map { $_->finish(scaled(5))->{status} // 0 } @p;
+is(scalar(grep { $_ == 200 } @st), 20, '  twenty listings answered')
+    or diag "@st";
+$res = $ng->get('/online');
+is($res->{json}{count}, 1001, '  then xavier is counted');
+ok(users($res) =~ /(?:^|,)xavier(?:,|$)/, '  and listed');
+is($ng->post('/leave', { user_id => 'xavier' })->{status}, 200,
+   'xavier leaves');
+is($ng->get('/online')->{body}, $flushed->{body}, '  the listing is back');
+
+# Redis stalls while the head is asked: a client that goes away, and a
+# timeout, leave the memo as it was
+
+$r->kill_stop;
+my $gone = $ng->send_request('GET', '/online');
+my $late = $ng->send_request('GET', '/online');
+select(undef, undef, undef, 0.1);
+$gone->abort;
+is($late->finish(scaled(5))->{status}, 504, 'redis stalled: 504');
+$r->cont;
+$z = zrev();
+$res = $ng->get('/online');
+is($res->{body}, $flushed->{body}, 'redis back: the same listing');
 is(zrev() - $z, 0, '  from the memo');
 
 # presence_online_cache: an old copy whose room has not changed is
