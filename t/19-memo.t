@@ -30,7 +30,7 @@ presence_redis_timeout %%TIMEOUT%%;
 server {
     listen 127.0.0.1:%%PORT%%;
     presence_online_limit 5000;
-    location = /hb      { presence_heartbeat; }
+    location = /hb      { presence_heartbeat; presence_ttl 600s; }
     location = /hbshort { presence_heartbeat; presence_ttl %%SHORT%%; }
     location = /leave   { presence_leave; }
     location = /online  { presence_online; }
