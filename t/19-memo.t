@@ -15,6 +15,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Presence::Test;
+use Presence::Test::RedisHA qw(start_redis_cluster);
 
 need_module();
 
@@ -256,5 +257,51 @@ is($ng->post('/hb', { user_id => 'zed' })->{status}, 200, 'zed joins');
 ok(wait_for(sub { $ng->get('/cached')->{json}{count} == 1001 }, 5, 0.05),
    '  the copy shows him once it is refreshed');
 ok(zrev() > $z0, '  by a full listing');
+
+# a Redis Cluster: the head is an ordinary listing command, to the room's
+# master
+
+my $c = start_redis_cluster();
+my %cvars = (CLUSTER => $c->directive, TIMEOUT => conf_time(1));
+my $cng = start_nginx(<<'EOF', vars => \%cvars);
+%%CLUSTER%%
+presence_redis_timeout %%TIMEOUT%%;
+
+server {
+    listen 127.0.0.1:%%PORT%%;
+    presence_online_limit 5000;
+    location = /hb      { presence_heartbeat; presence_ttl 600s; }
+    location = /online  { presence_online; }
+}
+EOF
+
+ok(wait_for(sub { $cng->post('/hb', { user_id => 'c0' })->{status} == 200 },
+            10),
+   'cluster: a heartbeat');
+my ($owner) = grep { !ref $_->cmd('ZSCORE', $KEY, 'c0') } $c->nodes;
+ok($owner, "  the room's master found");
+
+sub czrev {
+    my $n = 0;
+    for my $node ($c->nodes) {
+        $n += $_ for $node->cmd('INFO', 'commandstats') =~
+            /cmdstat_zrevrange:calls=(\d+)/g;
+    }
+    return $n;
+}
+
+my $end = $owner->time_ms + 600_000;
+$owner->cmd('ZADD', $KEY, map { ($end, sprintf 'c%04d', $_) } 1 .. 999);
+my $cfirst = $cng->get('/online');
+is($cfirst->{json}{count}, 1000, 'cluster: 1,000 users listed');
+$z = czrev();
+$res = $cng->get('/online');
+is($res->{body}, $cfirst->{body}, '  again: the same listing');
+is($res->{headers}{etag}, $cfirst->{headers}{etag}, '  and etag');
+is(czrev() - $z, 0, '  from the memo');
+is($cng->post('/hb', { user_id => 'cz' })->{status}, 200, '  cz joins');
+$res = $cng->get('/online');
+is($res->{json}{count}, 1001, '  a listing with him');
+is(czrev() - $z, 1, '  by a full listing');
 
 done_testing;
