@@ -93,6 +93,13 @@ typedef struct {
     /* this request refreshes the cached listing, asked at cache_start */
     ngx_http_presence_cache_node_t  *cache;
     ngx_msec_t                  cache_start;
+
+    /* the key of the listing's node in the worker's cache and memo */
+    ngx_str_t                   cache_key;
+    uint32_t                    cache_hash;
+
+    /* only the head (count, id) is asked: the memo may answer */
+    unsigned                    head:1;
 } ngx_http_presence_ctx_t;
 
 
@@ -104,6 +111,8 @@ ngx_int_t ngx_http_presence_room_key(ngx_http_request_t *r, ngx_str_t *room,
 
 /* ngx_http_presence_response.c */
 ngx_int_t ngx_http_presence_respond(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx, redisReply *reply);
+ngx_int_t ngx_http_presence_respond_head(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply);
 ngx_int_t ngx_http_presence_listing(ngx_pool_t *pool,
     ngx_presence_redis_t *rds, redisReply *reply, ngx_uint_t limit,
@@ -121,9 +130,11 @@ ngx_http_presence_cache_node_t *ngx_http_presence_cache_lookup(
     ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx);
 ngx_int_t ngx_http_presence_cache_answer(ngx_http_request_t *r,
     ngx_http_presence_cache_node_t *node);
-void ngx_http_presence_cache_store(ngx_http_presence_ctx_t *ctx,
-    ngx_str_t *body, ngx_str_t *etag);
 void ngx_http_presence_cache_abandon(ngx_http_presence_ctx_t *ctx);
+void ngx_http_presence_memo_store(ngx_http_presence_ctx_t *ctx,
+    ngx_str_t *body, ngx_str_t *etag, uint64_t count, uint64_t id);
+ngx_http_presence_cache_node_t *ngx_http_presence_memo_check(
+    ngx_http_presence_ctx_t *ctx, uint64_t count, uint64_t id);
 void ngx_http_presence_cache_init(void);
 void ngx_http_presence_cache_free(void);
 

@@ -345,7 +345,13 @@ ngx_http_presence_online_handler(ngx_http_request_t *r)
         return ngx_http_presence_fail(r, rc);
     }
 
-    if (ctx->script == NGX_PRESENCE_ONLINE && plcf->online_cache) {
+    /*
+     * presence_online_cache may answer at once; else, when the worker's
+     * memo of this listing holds every member, Redis is asked the room's
+     * head first (ngx_http_presence_cache.c)
+     */
+
+    if (ctx->script == NGX_PRESENCE_ONLINE) {
         node = ngx_http_presence_cache_lookup(r, ctx);
 
         if (node) {
@@ -585,7 +591,10 @@ ngx_http_presence_query(ngx_http_request_t *r, ngx_http_presence_ctx_t *ctx)
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
 
     if (ctx->script == NGX_PRESENCE_ONLINE) {
-        ctx->cmd = ngx_presence_redis_online(pmcf->rds, &ctx->key, ctx->limit,
+        /* the head alone: the script's [count, id], no members */
+
+        ctx->cmd = ngx_presence_redis_online(pmcf->rds, &ctx->key,
+                                             ctx->head ? 0 : ctx->limit,
                                              ngx_http_presence_reply, ctx,
                                              r->connection->log);
 
@@ -683,6 +692,7 @@ ngx_http_presence_timeout_handler(ngx_event_t *ev)
 static void
 ngx_http_presence_reply(void *data, redisReply *reply)
 {
+    ngx_int_t                 rc;
     ngx_connection_t         *c;
     ngx_http_request_t       *r;
     ngx_http_presence_ctx_t  *ctx;
@@ -697,6 +707,28 @@ ngx_http_presence_reply(void *data, redisReply *reply)
         ngx_del_timer(&ctx->timeout);
     }
 
-    ngx_http_finalize_request(r, ngx_http_presence_respond(r, ctx, reply));
+    if (ctx->head) {
+        ctx->head = 0;
+
+        rc = ngx_http_presence_respond_head(r, ctx, reply);
+
+        if (rc == NGX_DECLINED) {
+
+            /* the room changed: the full listing, with a timer of its own */
+
+            rc = ngx_http_presence_query(r, ctx);
+
+            if (rc == NGX_OK) {
+                return;
+            }
+
+            rc = ngx_http_presence_fail(r, rc);
+        }
+
+    } else {
+        rc = ngx_http_presence_respond(r, ctx, reply);
+    }
+
+    ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
 }

@@ -219,11 +219,57 @@ ngx_http_presence_respond_listing(ngx_http_request_t *r,
     *etag++ = '"';
     value.len = etag - value.data;
 
-    if (ctx->cache) {
-        ngx_http_presence_cache_store(ctx, &body, &value);
-    }
+    /* the shape was checked: the head is {count, id} */
+
+    ngx_http_presence_memo_store(ctx, &body, &value,
+                           (uint64_t) reply->element[0]->element[0]->integer,
+                           id);
 
     return ngx_http_presence_send_listing(r, &body, &value);
+}
+
+
+/*
+ * The reply to the head alone, [[count, id]], of a listing the memo may
+ * answer: the memo's body when the room's head is still the memo's,
+ * NGX_DECLINED when the full listing must be asked, or an error.
+ */
+
+ngx_int_t
+ngx_http_presence_respond_head(ngx_http_request_t *r,
+    ngx_http_presence_ctx_t *ctx, redisReply *reply)
+{
+    redisReply                      *head;
+    ngx_http_presence_main_conf_t   *pmcf;
+    ngx_http_presence_cache_node_t  *node;
+
+    if (reply == NULL) {
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 1
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[0]->elements != 2
+        || reply->element[0]->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[0]->element[1]->type != REDIS_REPLY_INTEGER)
+    {
+        pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
+        ngx_presence_redis_unexpected(pmcf->rds, reply);
+
+        return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
+    }
+
+    head = reply->element[0];
+
+    node = ngx_http_presence_memo_check(ctx,
+                                        (uint64_t) head->element[0]->integer,
+                                        (uint64_t) head->element[1]->integer);
+    if (node == NULL) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_presence_cache_answer(r, node);
 }
 
 

@@ -100,7 +100,8 @@ static char *ngx_presence_redis_parse_addr(ngx_conf_t *cf,
  * id has no control characters).  KEYS[3] holds the room's last id.  An
  * id is never below the Redis clock in ms: when the key has expired, the
  * ids still go on increasing, and a snapshot of a room without the key
- * takes the clock as its id (ngx_presence_scripts[ONLINE]).
+ * takes the clock as its id and stores it, with the life an event's id
+ * would have (ngx_presence_scripts[ONLINE]).
  */
 
 #define NGX_PRESENCE_LUA_EVENTS                                               \
@@ -319,16 +320,25 @@ static ngx_str_t  ngx_presence_scripts[NGX_PRESENCE_NSCRIPTS] = {
                "return {count, n}\n"),
 
     /*
-     * online: returns {count, id}, the id of the room's last event (the
-     * clock when there is none): a stream's snapshot holds every event up
-     * to it and none after.  The members come from a ZREVRANGE in the
-     * same MULTI, which answers straight from Redis: a thousand members
-     * through a Lua table cost Redis three times as much.
+     * online: returns {count, id}, the id of the room's last event: a
+     * stream's snapshot holds every event up to it and none after.  When
+     * the id has expired (a room without events for a minute), the clock
+     * becomes the id and is stored, to live as an event's would: the
+     * next events still take ids above it, and the listings of a quiet
+     * room keep the same head, which the workers' memos of listings go by
+     * (ngx_http_presence_cache.c).  The members come from a ZREVRANGE in
+     * the same MULTI, which answers straight from Redis: a thousand
+     * members through a Lua table cost Redis three times as much.
      */
     ngx_string(NGX_PRESENCE_LUA_NOW
                "publish()\n"
-               "return {redis.call('ZCARD', KEYS[1]),"
-               " tonumber(redis.call('GET', KEYS[3]) or now)}\n"),
+               "local id = redis.call('GET', KEYS[3])\n"
+               "if not id then\n"
+               "  id = string.format('%d', now)\n"
+               "  redis.call('SET', KEYS[3], id, 'NX', 'PX', '"
+               NGX_PRESENCE_VERSION_TTL "')\n"
+               "end\n"
+               "return {redis.call('ZCARD', KEYS[1]), tonumber(id)}\n"),
 
     /*
      * lookup: ARGV[1] user; returns {ms left, sessions}, {0, 0} when the

@@ -51,10 +51,20 @@ sub nginx_for {
 # handshake as Redis does it, then whatever the test set per command name
 my $scripted = sub {
     my ($argv, $st) = @_;
+    # a listing the worker's memo may answer asks the head alone (no
+    # ZREVRANGE): Redis then answers EXEC with the script's reply only
+    $st->{zrev} = 0 if uc($argv->[0] // '') eq 'MULTI';
+    $st->{zrev} = 1 if uc($argv->[0] // '') eq 'ZREVRANGE';
     my $std = fake_std($argv, $st);
     return $std if defined $std;
     my $name = uc $argv->[0];
     my $reply = fake_reply($st, $name);
+    if ($name eq 'EXEC' && !$st->{zrev} && defined $reply && !ref $reply
+        && $reply =~ /^\*2\r\n/)
+    {
+        my @head = Presence::Test::resp_parse(\$reply, 4);
+        $reply = "*1\r\n" . substr($reply, 4, $head[1] - 4) if @head;
+    }
     # reply.EXEC_NEXT: what the EXEC after this one gets
     if ($name eq 'EXEC' && defined fake_reply($st, 'EXEC_NEXT')) {
         rename "$st->{dir}/reply.EXEC_NEXT", "$st->{dir}/reply.EXEC";
@@ -213,7 +223,9 @@ sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
 
     # a listing: Redis refuses the queued EVALSHA (EXECABORT), or answers
     # NOSCRIPT in its place; the scripts are loaded again, then the
-    # transaction goes again with EVAL
+    # transaction goes again with EVAL (a limit of its own each time: no
+    # memo of the listing, which would ask the head alone first)
+    my $own = 5;
     for my $refusal (resp_err('EXECABORT Transaction discarded because of '
                               . 'previous errors.'),
                      resp_array(resp_err('NOSCRIPT No matching script.'),
@@ -223,7 +235,7 @@ sub head { resp_array(resp_int($_[0]), resp_int(1796117616532)) }
         $n = () = $fake->commands;
         my $ok = resp_array(head(1), resp_array(resp_bulk('eve')));
         $fake->set_reply('EXEC_NEXT', $ok);
-        $res = $ng->get('/online');
+        $res = $ng->get('/online?limit=' . $own++);
         is_deeply($res->{json}{users}, ['eve'],
                   'listing after a refused EVALSHA: answered')
             or diag $res->{raw};
