@@ -207,6 +207,8 @@ my @RATIOS = (
     [ 'heartbeat: module vs fastapi + redis-py', 'hb module', 'hb fastapi', 10 ],
     [ 'online, 1,000 users, uncached: module vs lua-resty-redis',
       'on module', 'on lua', 5 ],
+    [ 'online, 1,000 users, uncached, no memo (?limit=999): module vs lua-resty-redis',
+      'on nomemo', 'on lua', 5 ],
     [ 'online, 1,000 users, presence_online_cache 1s: module vs static file',
       'on cached', 'on static', 1 ],
     [ 'heartbeat into 1,000 rooms: Redis Cluster (3 masters) vs one redis-server',
@@ -408,6 +410,11 @@ How it measures:
   before, every answer checked), $i{on_conns} connections; the ceiling serves the
   module's answer, byte for byte, as a static file. Each contender's listing is
   checked to be exactly those $u users, sorted, before and after its run.
+  The room does not change during a run, so the module's uncached listing is
+  answered from its worker's memo after asking Redis the room's head (count
+  and last event id); the row `?limit=999 (no memo)` is the listing the memo
+  never holds (999 of the users, sorted, and the count), built from Redis's
+  members on every request: what a listing costs after the room changed.
 - Redis frozen: SIGSTOP of the module's redis-server for ${frz}s in the middle
   of a run of a static file ($i{on_conns} connections) on the module's nginx, with
   the heartbeat load ($i{hb_conns} connections) alongside; the heartbeats time out
