@@ -108,7 +108,10 @@ ngx_presence_redis_pubsub_send(ngx_presence_redis_t *rds,
 }
 
 
-/* ["subscribe", channel, n], ["message", channel, message], ["unsubscribe"...] */
+/*
+ * ["subscribe", channel, n], ["message", channel, message],
+ * ["unsubscribe", ...]
+ */
 
 static void
 ngx_presence_redis_pubsub_reply(redisAsyncContext *ac, void *r,
