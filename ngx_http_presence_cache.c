@@ -25,8 +25,9 @@
 #include "ngx_http_presence.h"
 
 
-/* listings a worker keeps for presence_online_cache */
-#define NGX_HTTP_PRESENCE_CACHE_MAX  1024
+/* listings a worker keeps, and the most bytes of bodies they may take */
+#define NGX_HTTP_PRESENCE_CACHE_MAX    1024
+#define NGX_HTTP_PRESENCE_CACHE_BYTES  (16 * 1024 * 1024)
 
 
 struct ngx_http_presence_cache_node_s {
@@ -57,6 +58,7 @@ static ngx_rbtree_t       ngx_http_presence_cache;
 static ngx_rbtree_node_t  ngx_http_presence_cache_sentinel;
 static ngx_queue_t        ngx_http_presence_cache_queue;
 static ngx_uint_t         ngx_http_presence_cache_count;
+static size_t             ngx_http_presence_cache_bytes;
 
 
 /*
@@ -241,10 +243,11 @@ ngx_http_presence_memo_store(ngx_http_presence_ctx_t *ctx, ngx_str_t *body,
         ctx->cache = NULL;
         node->updating = 0;
 
-        ngx_http_presence_cache_set(node, body, etag, count, id);
-
         /* the copy is as old as the query: Redis answered it since */
         node->fetched = ctx->cache_start;
+
+        /* (which may evict the node: touch it no more) */
+        ngx_http_presence_cache_set(node, body, etag, count, id);
         return;
     }
 
@@ -272,8 +275,11 @@ ngx_http_presence_cache_set(ngx_http_presence_cache_node_t *node,
     }
 
     if (node->body.data) {
+        ngx_http_presence_cache_bytes -= node->body.len + node->etag.len;
         ngx_free(node->body.data);
     }
+
+    ngx_http_presence_cache_bytes += body->len + etag->len;
 
     node->body.data = p;
     node->body.len = body->len;
@@ -285,6 +291,10 @@ ngx_http_presence_cache_set(ngx_http_presence_cache_node_t *node,
 
     node->count = count;
     node->id = id;
+
+    /* large rooms' bodies: the least recently used go first */
+
+    ngx_http_presence_cache_evict();
 }
 
 
@@ -333,7 +343,9 @@ ngx_http_presence_cache_abandon(ngx_http_presence_ctx_t *ctx)
 
 /*
  * Frees the least recently used listings while the worker keeps as many
- * as it may; never one that a request is refreshing.
+ * as it may, or their bodies take more than 16 MiB (a thousand rooms of a
+ * thousand users would take ten times that); never one that a request is
+ * refreshing.
  */
 
 static void
@@ -342,8 +354,9 @@ ngx_http_presence_cache_evict(void)
     ngx_queue_t                     *q;
     ngx_http_presence_cache_node_t  *node;
 
-    while (ngx_http_presence_cache_count >= NGX_HTTP_PRESENCE_CACHE_MAX) {
-
+    while (ngx_http_presence_cache_count >= NGX_HTTP_PRESENCE_CACHE_MAX
+           || ngx_http_presence_cache_bytes > NGX_HTTP_PRESENCE_CACHE_BYTES)
+    {
         q = ngx_queue_head(&ngx_http_presence_cache_queue);
         node = ngx_queue_data(q, ngx_http_presence_cache_node_t, queue);
 
@@ -364,6 +377,7 @@ ngx_http_presence_cache_delete(ngx_http_presence_cache_node_t *node)
     ngx_http_presence_cache_count--;
 
     if (node->body.data) {
+        ngx_http_presence_cache_bytes -= node->body.len + node->etag.len;
         ngx_free(node->body.data);
     }
 

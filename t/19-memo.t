@@ -5,7 +5,9 @@
 # listing of a room whose head (count, id) has not changed asks Redis for
 # the head alone and answers the memo: the same body and ETag, and no
 # ZREVRANGE.  Every change of who is in the room (join, leave, timeout)
-# advances the id, so the memo never answers an old membership.
+# advances the id, so the memo never answers an old membership.  The
+# memos' bodies take at most 16 MiB a worker, the least recently used out
+# first.
 
 use strict;
 use warnings;
@@ -36,6 +38,7 @@ server {
     location = /leave   { presence_leave; }
     location = /online  { presence_online; }
     location = /cached  { presence_online; presence_online_cache %%AGE%%; }
+    location = /room    { presence_online; presence_room $arg_r; }
 }
 EOF
 
@@ -257,6 +260,34 @@ is($ng->post('/hb', { user_id => 'zed' })->{status}, 200, 'zed joins');
 ok(wait_for(sub { $ng->get('/cached')->{json}{count} == 1001 }, 5, 0.05),
    '  the copy shows him once it is refreshed');
 ok(zrev() > $z0, '  by a full listing');
+
+# the memos' bodies take at most 16 MiB: rooms of 1,000 users of 1 KiB
+# each, about 1 MiB a listing; after 20 more, the first is built anew,
+# while the last is still a memo
+
+{
+    my $end = $r->time_ms + 600_000;
+    for my $i (1 .. 21) {
+        $r->cmd('ZADD', "presence:{big$i}",
+                map { ($end, sprintf('%04d', $_) . ('x' x 1020)) } 1 .. 1000);
+    }
+    my $big = $ng->get('/room?r=big1');
+    is($big->{json}{count}, 1000, 'a room of 1,000 users of 1 KiB: listed')
+        or diag $big->{status} . ' ' . $big->{body};
+    ok(length $big->{body} > 1_000_000, '  in ' . length($big->{body})
+       . ' bytes');
+    $z = zrev();
+    is($ng->get('/room?r=big1')->{json}{count}, 1000, '  again');
+    is(zrev() - $z, 0, '  from the memo');
+    $ng->get("/room?r=big$_") for 2 .. 21;
+    $z = zrev();
+    is($ng->get('/room?r=big21')->{json}{count}, 1000,
+       '20 more such rooms listed: the last again');
+    is(zrev() - $z, 0, '  from the memo');
+    is($ng->get('/room?r=big1')->{json}{count}, 1000, '  the first again');
+    is(zrev() - $z, 1, '  built anew: its memo made room for the others');
+    $r->cmd('DEL', map { "presence:{big$_}" } 1 .. 21);
+}
 
 # a Redis Cluster: the head is an ordinary listing command, to the room's
 # master
