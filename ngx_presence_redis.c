@@ -23,6 +23,7 @@ static ngx_presence_cmd_t *ngx_presence_redis_cmd(ngx_presence_redis_t *rds,
     ngx_uint_t script, ngx_str_t *key, ngx_str_t *args, ngx_uint_t nargs,
     ngx_presence_reply_pt handler, void *data, ngx_log_t *log);
 static ngx_presence_cmd_t *ngx_presence_redis_submit(ngx_presence_cmd_t *cmd);
+static ngx_int_t ngx_presence_redis_unavailable(ngx_presence_conn_t *conn);
 static ngx_int_t ngx_presence_redis_send(ngx_presence_cmd_t *cmd);
 static ngx_int_t ngx_presence_redis_send_asking(ngx_presence_cmd_t *cmd,
     redisAsyncContext *ac);
@@ -400,8 +401,10 @@ ngx_presence_redis_eval(ngx_presence_redis_t *rds, ngx_uint_t script,
         return NULL;
     }
 
-    if (script == NGX_PRESENCE_HEARTBEAT) {
-        return ngx_presence_redis_batch_add(cmd);
+    if (script == NGX_PRESENCE_HEARTBEAT
+        && ngx_presence_redis_batch_add(cmd) == NGX_OK)
+    {
+        return cmd;
     }
 
     return ngx_presence_redis_submit(cmd);
@@ -456,10 +459,7 @@ ngx_presence_redis_cmd(ngx_presence_redis_t *rds, ngx_uint_t script,
 
     conn = &rds->data;
 
-    if (rds->cluster == NULL
-        && (conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
-            || conn->broken))
-    {
+    if (rds->cluster == NULL && ngx_presence_redis_unavailable(conn)) {
         return NULL;
     }
 
@@ -563,13 +563,25 @@ ngx_presence_redis_start(ngx_presence_cmd_t *cmd)
 
     conn = &cmd->redis->data;
 
-    if (conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
-        || conn->broken)
-    {
+    if (ngx_presence_redis_unavailable(conn)) {
         return NGX_ERROR;
     }
 
     return ngx_presence_redis_submit_to(cmd, conn);
+}
+
+
+/*
+ * The single Redis takes no command: no connection, one backing off, or
+ * one being dropped.  Asked when a command is made and again when it
+ * goes (a batched heartbeat goes at the end of the pass).
+ */
+
+static ngx_int_t
+ngx_presence_redis_unavailable(ngx_presence_conn_t *conn)
+{
+    return conn->ac == NULL || conn->state == NGX_PRESENCE_DOWN
+           || conn->broken;
 }
 
 

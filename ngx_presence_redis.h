@@ -357,7 +357,7 @@ void ngx_presence_redis_cluster_closed(ngx_presence_conn_t *conn);
 
 /* ngx_presence_redis_batch.c */
 void ngx_presence_redis_batch_init(ngx_presence_redis_t *rds);
-ngx_presence_cmd_t *ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd);
+ngx_int_t ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_batch_leave(ngx_presence_cmd_t *cmd);
 void ngx_presence_redis_batch_done(ngx_presence_batch_t *batch,
     redisReply *reply);

@@ -65,11 +65,11 @@ ngx_presence_redis_batch_init(ngx_presence_redis_t *rds)
 
 /*
  * The heartbeat joins its room's batch of this pass; it is the caller's
- * command as any other (detach, timed_out).  Without memory for a batch
- * it goes alone.
+ * command as any other (detach, timed_out).  NGX_DECLINED without memory
+ * for a batch: it goes alone.
  */
 
-ngx_presence_cmd_t *
+ngx_int_t
 ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd)
 {
     ngx_presence_redis_t  *rds;
@@ -82,12 +82,7 @@ ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd)
     if (batch == NULL) {
         batch = ngx_alloc(sizeof(ngx_presence_batch_t), cmd->log);
         if (batch == NULL) {
-            if (ngx_presence_redis_start(cmd) != NGX_OK) {
-                ngx_free(cmd);
-                return NULL;
-            }
-
-            return cmd;
+            return NGX_DECLINED;
         }
 
         ngx_queue_init(&batch->members);
@@ -105,7 +100,7 @@ ngx_presence_redis_batch_add(ngx_presence_cmd_t *cmd)
         ngx_post_event(&rds->flush, &ngx_posted_events);
     }
 
-    return cmd;
+    return NGX_OK;
 }
 
 
