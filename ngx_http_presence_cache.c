@@ -49,6 +49,8 @@ static void ngx_http_presence_cache_delete(
     ngx_http_presence_cache_node_t *node);
 static ngx_http_presence_cache_node_t *ngx_http_presence_cache_find(
     ngx_http_presence_ctx_t *ctx);
+static void ngx_http_presence_cache_refreshed(ngx_http_presence_ctx_t *ctx,
+    ngx_http_presence_cache_node_t *node);
 static void ngx_http_presence_cache_set(ngx_http_presence_cache_node_t *node,
     ngx_str_t *body, ngx_str_t *etag, uint64_t count, uint64_t id);
 
@@ -240,11 +242,7 @@ ngx_http_presence_memo_store(ngx_http_presence_ctx_t *ctx, ngx_str_t *body,
     }
 
     if (ctx->cache) {
-        ctx->cache = NULL;
-        node->updating = 0;
-
-        /* the copy is as old as the query: Redis answered it since */
-        node->fetched = ctx->cache_start;
+        ngx_http_presence_cache_refreshed(ctx, node);
 
         /* (which may evict the node: touch it no more) */
         ngx_http_presence_cache_set(node, body, etag, count, id);
@@ -322,12 +320,22 @@ ngx_http_presence_memo_check(ngx_http_presence_ctx_t *ctx, uint64_t count,
     }
 
     if (ctx->cache) {
-        ctx->cache = NULL;
-        node->updating = 0;
-        node->fetched = ctx->cache_start;
+        ngx_http_presence_cache_refreshed(ctx, node);
     }
 
     return node;
+}
+
+
+/* the copy is as old as the query that refreshed it: Redis answered since */
+
+static void
+ngx_http_presence_cache_refreshed(ngx_http_presence_ctx_t *ctx,
+    ngx_http_presence_cache_node_t *node)
+{
+    ctx->cache = NULL;
+    node->updating = 0;
+    node->fetched = ctx->cache_start;
 }
 
 

@@ -35,6 +35,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_presence_respond_listing(ngx_http_request_t *r,
     ngx_http_presence_ctx_t *ctx, redisReply *reply);
+static ngx_int_t ngx_http_presence_head_ok(redisReply *reply, size_t n);
 static ngx_int_t ngx_http_presence_sort(ngx_pool_t *pool,
     ngx_http_presence_member_t *users, ngx_uint_t n);
 static int ngx_libc_cdecl ngx_http_presence_cmp_member(const void *one,
@@ -247,13 +248,7 @@ ngx_http_presence_respond_head(ngx_http_request_t *r,
         return ngx_http_presence_error(r, NGX_HTTP_PRESENCE_ERR_UNAVAILABLE);
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != 1
-        || reply->element[0]->type != REDIS_REPLY_ARRAY
-        || reply->element[0]->elements != 2
-        || reply->element[0]->element[0]->type != REDIS_REPLY_INTEGER
-        || reply->element[0]->element[1]->type != REDIS_REPLY_INTEGER)
-    {
+    if (!ngx_http_presence_head_ok(reply, 1)) {
         pmcf = ngx_http_get_module_main_conf(r, ngx_http_presence_module);
         ngx_presence_redis_unexpected(pmcf->rds, reply);
 
@@ -292,12 +287,7 @@ ngx_http_presence_listing(ngx_pool_t *pool, ngx_presence_redis_t *rds,
 
     /* EXEC of {count, id} and, unless the limit is 0, the members */
 
-    if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != (limit ? 2 : 1)
-        || reply->element[0]->type != REDIS_REPLY_ARRAY
-        || reply->element[0]->elements != 2
-        || reply->element[0]->element[0]->type != REDIS_REPLY_INTEGER
-        || reply->element[0]->element[1]->type != REDIS_REPLY_INTEGER
+    if (!ngx_http_presence_head_ok(reply, limit ? 2 : 1)
         || (limit && reply->element[1]->type != REDIS_REPLY_ARRAY))
     {
         ngx_presence_redis_unexpected(rds, reply);
@@ -468,6 +458,20 @@ ngx_http_presence_sort(ngx_pool_t *pool, ngx_http_presence_member_t *users,
     }
 
     return NGX_OK;
+}
+
+
+/* the EXEC of a listing: n replies, the first the script's {count, id} */
+
+static ngx_int_t
+ngx_http_presence_head_ok(redisReply *reply, size_t n)
+{
+    return reply->type == REDIS_REPLY_ARRAY
+           && reply->elements == n
+           && reply->element[0]->type == REDIS_REPLY_ARRAY
+           && reply->element[0]->elements == 2
+           && reply->element[0]->element[0]->type == REDIS_REPLY_INTEGER
+           && reply->element[0]->element[1]->type == REDIS_REPLY_INTEGER;
 }
 
 
