@@ -30,13 +30,6 @@ plan skip_all => 'redis-sentinel is not installed (tools/deps test installs it)'
 ###########################################################################
 # nginx -t
 
-sub conf_error {
-    my ($http, $re, $name) = @_;
-    my ($rc, $out) = test_config("$http\nserver { listen 127.0.0.1:%%PORT%%;"
-                                 . " location = /hb { presence_heartbeat; } }");
-    ok($rc != 0 && $out =~ $re, "nginx -t: $name") or diag $out;
-}
-
 {
     my $p1 = free_port();
     my $p2 = free_port();
@@ -47,39 +40,39 @@ sub conf_error {
         . " location = /hb { presence_heartbeat; } }");
     is($rc, 0, 'nginx -t: sentinels by address and by name') or diag $out;
 
-    conf_error("presence_redis_sentinel m 127.0.0.1:$p1;\n"
-               . "presence_redis_sentinel m 127.0.0.1:$p2;",
-               qr/"presence_redis_sentinel" directive is duplicate/,
-               'a second presence_redis_sentinel');
-    conf_error("presence_redis 127.0.0.1:6379;\n"
-               . "presence_redis_sentinel m 127.0.0.1:$p1;",
-               qr/"presence_redis_sentinel" directive conflicts with "presence_redis"/,
-               'presence_redis, then presence_redis_sentinel');
-    conf_error("presence_redis_sentinel m 127.0.0.1:$p1;\n"
-               . "presence_redis 127.0.0.1:6379;",
-               qr/"presence_redis" directive conflicts with "presence_redis_sentinel"/,
-               'presence_redis_sentinel, then presence_redis');
-    conf_error("presence_redis_sentinel m;",
-               qr/invalid number of arguments in "presence_redis_sentinel"/,
-               'no sentinel');
-    conf_error("presence_redis_sentinel m 127.0.0.1:99999;",
-               qr/invalid port in "127.0.0.1:99999" of the "presence_redis_sentinel"/,
-               'a bad port');
-    conf_error("presence_redis_sentinel m no-such-host.invalid:26379;",
-               qr/host not found in "no-such-host.invalid:26379" of the "presence_redis_sentinel"/,
-               'a host that does not resolve');
-    conf_error("presence_redis_sentinel m unix:/tmp/s.sock;",
-               qr/invalid address "unix:\/tmp\/s.sock" of the "presence_redis_sentinel" directive: expected "host:port"/,
-               'a unix socket');
-    conf_error("presence_redis_sentinel m 127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p1;",
-               qr/duplicate sentinel "127.0.0.1:$p1" in the "presence_redis_sentinel"/,
-               'the same sentinel twice');
-    conf_error("presence_redis_sentinel m 127.0.0.1:$p1 localhost:$p1;",
-               qr/duplicate sentinel "localhost:$p1"/,
-               'the same sentinel twice, once by name');
-    conf_error("presence_redis_sentinel_password x;",
-               qr/"presence_redis_sentinel_password" needs "presence_redis_sentinel"/,
-               'a sentinel password without sentinels');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:$p1;\n"
+                  . "presence_redis_sentinel m 127.0.0.1:$p2;",
+                  qr/"presence_redis_sentinel" directive is duplicate/,
+                  'a second presence_redis_sentinel');
+    conf_error_ok("presence_redis 127.0.0.1:6379;\n"
+                  . "presence_redis_sentinel m 127.0.0.1:$p1;",
+                  qr/"presence_redis_sentinel" directive conflicts with "presence_redis"/,
+                  'presence_redis, then presence_redis_sentinel');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:$p1;\n"
+                  . "presence_redis 127.0.0.1:6379;",
+                  qr/"presence_redis" directive conflicts with "presence_redis_sentinel"/,
+                  'presence_redis_sentinel, then presence_redis');
+    conf_error_ok("presence_redis_sentinel m;",
+                  qr/invalid number of arguments in "presence_redis_sentinel"/,
+                  'no sentinel');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:99999;",
+                  qr/invalid port in "127.0.0.1:99999" of the "presence_redis_sentinel"/,
+                  'a bad port');
+    conf_error_ok("presence_redis_sentinel m no-such-host.invalid:26379;",
+                  qr/host not found in "no-such-host.invalid:26379" of the "presence_redis_sentinel"/,
+                  'a host that does not resolve');
+    conf_error_ok("presence_redis_sentinel m unix:/tmp/s.sock;",
+                  qr/invalid address "unix:\/tmp\/s.sock" of the "presence_redis_sentinel" directive: expected "host:port"/,
+                  'a unix socket');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p1;",
+                  qr/duplicate sentinel "127.0.0.1:$p1" in the "presence_redis_sentinel"/,
+                  'the same sentinel twice');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:$p1 localhost:$p1;",
+                  qr/duplicate sentinel "localhost:$p1"/,
+                  'the same sentinel twice, once by name');
+    conf_error_ok("presence_redis_sentinel_password x;",
+                  qr/"presence_redis_sentinel_password" needs "presence_redis_sentinel"/,
+                  'a sentinel password without sentinels');
 }
 
 ###########################################################################

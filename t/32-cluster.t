@@ -31,13 +31,6 @@ my $VALGRIND = $ENV{TEST_NGINX_VALGRIND};
 ###########################################################################
 # nginx -t
 
-sub conf_error {
-    my ($http, $re, $name) = @_;
-    my ($rc, $out) = test_config("$http\nserver { listen 127.0.0.1:%%PORT%%;"
-                                 . " location = /hb { presence_heartbeat; } }");
-    ok($rc != 0 && $out =~ $re, "nginx -t: $name") or diag $out;
-}
-
 {
     my ($p1, $p2, $p3) = (free_port(), free_port(), free_port());
     my ($rc, $out) = test_config(
@@ -53,50 +46,50 @@ sub conf_error {
         . " location = /hb { presence_heartbeat; } }");
     is($rc, 0, 'nginx -t: a seed without a port (6379)') or diag $out;
 
-    conf_error("presence_redis_cluster 127.0.0.1:$p1;\n"
-               . "presence_redis_cluster 127.0.0.1:$p2;",
-               qr/"presence_redis_cluster" directive is duplicate/,
-               'a second presence_redis_cluster');
-    conf_error("presence_redis 127.0.0.1:6379;\n"
-               . "presence_redis_cluster 127.0.0.1:$p1;",
-               qr/"presence_redis_cluster" directive conflicts with "presence_redis"/,
-               'presence_redis, then presence_redis_cluster');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1;\n"
-               . "presence_redis 127.0.0.1:6379;",
-               qr/"presence_redis" directive conflicts with "presence_redis_cluster"/,
-               'presence_redis_cluster, then presence_redis');
-    conf_error("presence_redis_sentinel m 127.0.0.1:$p2;\n"
-               . "presence_redis_cluster 127.0.0.1:$p1;",
-               qr/"presence_redis_cluster" directive conflicts with "presence_redis_sentinel"/,
-               'presence_redis_sentinel, then presence_redis_cluster');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1;\n"
-               . "presence_redis_sentinel m 127.0.0.1:$p2;",
-               qr/"presence_redis_sentinel" directive conflicts with "presence_redis_cluster"/,
-               'presence_redis_cluster, then presence_redis_sentinel');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1;\npresence_redis_db 2;",
-               qr/"presence_redis_db" cannot be used with "presence_redis_cluster": a cluster has database 0 only/,
-               'presence_redis_db with a cluster');
-    conf_error("presence_redis_db 0;\npresence_redis_cluster 127.0.0.1:$p1;",
-               qr/"presence_redis_db" cannot be used with "presence_redis_cluster"/,
-               'presence_redis_db 0, before the cluster');
-    conf_error("presence_redis_cluster;",
-               qr/invalid number of arguments in "presence_redis_cluster"/,
-               'no seed');
-    conf_error("presence_redis_cluster 127.0.0.1:99999;",
-               qr/invalid port in "127.0.0.1:99999" of the "presence_redis_cluster"/,
-               'a bad port');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1 no-such-host.invalid:7000;",
-               qr/host not found in "no-such-host.invalid:7000" of the "presence_redis_cluster"/,
-               'a host that does not resolve');
-    conf_error("presence_redis_cluster unix:/tmp/c.sock;",
-               qr/invalid address "unix:\/tmp\/c.sock" of the "presence_redis_cluster" directive: expected "host:port"/,
-               'a unix socket');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p1;",
-               qr/duplicate node "127.0.0.1:$p1" in the "presence_redis_cluster"/,
-               'the same seed twice');
-    conf_error("presence_redis_cluster 127.0.0.1:$p1 localhost:$p1;",
-               qr/duplicate node "localhost:$p1" in the "presence_redis_cluster"/,
-               'the same seed twice, once by name');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1;\n"
+                  . "presence_redis_cluster 127.0.0.1:$p2;",
+                  qr/"presence_redis_cluster" directive is duplicate/,
+                  'a second presence_redis_cluster');
+    conf_error_ok("presence_redis 127.0.0.1:6379;\n"
+                  . "presence_redis_cluster 127.0.0.1:$p1;",
+                  qr/"presence_redis_cluster" directive conflicts with "presence_redis"/,
+                  'presence_redis, then presence_redis_cluster');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1;\n"
+                  . "presence_redis 127.0.0.1:6379;",
+                  qr/"presence_redis" directive conflicts with "presence_redis_cluster"/,
+                  'presence_redis_cluster, then presence_redis');
+    conf_error_ok("presence_redis_sentinel m 127.0.0.1:$p2;\n"
+                  . "presence_redis_cluster 127.0.0.1:$p1;",
+                  qr/"presence_redis_cluster" directive conflicts with "presence_redis_sentinel"/,
+                  'presence_redis_sentinel, then presence_redis_cluster');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1;\n"
+                  . "presence_redis_sentinel m 127.0.0.1:$p2;",
+                  qr/"presence_redis_sentinel" directive conflicts with "presence_redis_cluster"/,
+                  'presence_redis_cluster, then presence_redis_sentinel');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1;\npresence_redis_db 2;",
+                  qr/"presence_redis_db" cannot be used with "presence_redis_cluster": a cluster has database 0 only/,
+                  'presence_redis_db with a cluster');
+    conf_error_ok("presence_redis_db 0;\npresence_redis_cluster 127.0.0.1:$p1;",
+                  qr/"presence_redis_db" cannot be used with "presence_redis_cluster"/,
+                  'presence_redis_db 0, before the cluster');
+    conf_error_ok("presence_redis_cluster;",
+                  qr/invalid number of arguments in "presence_redis_cluster"/,
+                  'no seed');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:99999;",
+                  qr/invalid port in "127.0.0.1:99999" of the "presence_redis_cluster"/,
+                  'a bad port');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1 no-such-host.invalid:7000;",
+                  qr/host not found in "no-such-host.invalid:7000" of the "presence_redis_cluster"/,
+                  'a host that does not resolve');
+    conf_error_ok("presence_redis_cluster unix:/tmp/c.sock;",
+                  qr/invalid address "unix:\/tmp\/c.sock" of the "presence_redis_cluster" directive: expected "host:port"/,
+                  'a unix socket');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1 127.0.0.1:$p2 127.0.0.1:$p1;",
+                  qr/duplicate node "127.0.0.1:$p1" in the "presence_redis_cluster"/,
+                  'the same seed twice');
+    conf_error_ok("presence_redis_cluster 127.0.0.1:$p1 localhost:$p1;",
+                  qr/duplicate node "localhost:$p1" in the "presence_redis_cluster"/,
+                  'the same seed twice, once by name');
 }
 
 ###########################################################################

@@ -47,7 +47,7 @@ use Presence::Test::FakeRedis;
 use Presence::Test::SSE;
 
 our @EXPORT = qw(
-    need_module start_redis start_nginx fake_redis test_config
+    need_module start_redis start_nginx fake_redis test_config conf_error_ok
     wait_for check_log free_port slurp spew scaled conf_time
     fake_std fake_reply resp_int resp_bulk resp_array resp_err resp_status resp_nil
     api_error_ok json_ok
@@ -359,6 +359,17 @@ sub test_config {
                            port => $o{port} // free_port()));
     return run_capture(sanitizer_env(), $NGINX, '-t', '-p', "$dir/",
                        '-c', $conf, '-e', "$dir/error.log");
+}
+
+# conf_error_ok($http, $re, $name): nginx -t of the http-level lines $http
+# (a server with a heartbeat location added) fails, saying $re
+sub conf_error_ok {
+    my ($http, $re, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my ($rc, $out) = test_config("$http\nserver { listen 127.0.0.1:%%PORT%%;"
+                                 . " location = /hb { presence_heartbeat; } }");
+    Test::More::ok($rc != 0 && $out =~ $re, "nginx -t: $name")
+        or Test::More::diag($out);
 }
 
 sub start_redis { Presence::Test::Redis->new(@_) }
