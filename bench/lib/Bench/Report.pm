@@ -228,6 +228,28 @@ sub check_rows {
                                                 : ($na, 'n/a');
         push @c, [ $what, $text, sprintf('≥ %.1f×', $bar), $v ];
     }
+    # the cluster row's ceiling: Redis itself, given the same heartbeats
+    # without nginx (bench/run's redis-benchmark replay)
+    my ($ca, $sa) = @$fig{'cl cluster alone', 'cl single alone'};
+    my ($cm, $sm) = @$fig{'cl cluster', 'cl single'};
+    if ($ca && $sa && $sa->{rps}) {
+        my $a = $ca->{rps} / $sa->{rps};
+        my $text = sprintf '%.2f× (Redis per heartbeat: %.1f vs %.1f µs)',
+            $a, $ca->{redis_us}, $sa->{redis_us};
+        push @c, [ 'the same heartbeats, Redis alone (redis-benchmark replaying'
+                   . ' the module\'s script): Redis Cluster (3 masters) vs one'
+                   . ' redis-server', $text, 'the ceiling of the row above',
+                   'reference' ];
+        if ($cm && $sm && $sm->{rps} && defined $cm->{worker_us}) {
+            push @c, [ 'the cluster row against its ceiling; per heartbeat,'
+                       . ' the worker\'s and the Redis processes\' CPU',
+                       sprintf('%.2f× (worker %.1f vs %.1f µs, Redis %.1f vs'
+                               . ' %.1f µs)', $cm->{rps} / $sm->{rps} / $a,
+                               $cm->{worker_us}, $sm->{worker_us},
+                               $cm->{redis_us}, $sm->{redis_us}),
+                       '—', 'reference' ];
+        }
+    }
     my $frz = "static file p99 while Redis is frozen $self->{freeze} s";
     if (my $f = $fig->{'freeze static'}) {
         my $run = $fig->{'nofreeze static'};
@@ -434,9 +456,18 @@ How it measures:
   1-worker nginx against one redis-server, and against a Redis Cluster of 3
   masters without replicas (`presence_redis_cluster`), both running, measured
   in turn in $i{cl_rounds} rounds (best req/s of each). Every Redis process runs on
-  core $srv with the worker and counts in the CPU per request; the listings of
+  core $srv with the worker and counts in the CPU per request, which is also
+  split into the worker's and the Redis processes' parts; the listings of
   a few rooms are checked after the rounds, that every master holds rooms, and
-  that the worker counted no Redis timeouts, reconnects or redirects.
+  that the worker counted no Redis timeouts, reconnects or redirects. Then the
+  cluster row's ceiling: the same Redis given the same heartbeats without
+  nginx, `redis-benchmark` (on core $cli) replaying the module's heartbeat
+  script (`EVALSHA` of the script the module loaded, the same arguments, the
+  same ${\ fmt_rps($i{hb_ids}) } ids, one room per Redis process: redis-benchmark's `{tag}`),
+  3 connections with 16 commands in flight on each, as the worker
+  pipelines its load on its connections; $i{cl_rounds} rounds in turn, best
+  of each, and Redis's own counts (every `EVALSHA` made, no error reply)
+  checked.
 - fan-out: a fresh nginx per contender (its one worker pinned to core $srv by
   `worker_cpu_affinity`, `worker_rlimit_nofile $i{fan_nofile}`, `worker_connections
   $i{fan_conns}`) and bench/fanout.c (C, epoll, one thread, on core $cli) holding
