@@ -233,9 +233,9 @@ sub check_rows {
     my ($ca, $sa) = @$fig{'cl cluster alone', 'cl single alone'};
     my ($cm, $sm) = @$fig{'cl cluster', 'cl single'};
     if ($ca && $sa && $sa->{rps}) {
-        my $a = $ca->{rps} / $sa->{rps};
+        my $ceil = $ca->{rps} / $sa->{rps};
         my $text = sprintf '%.2f× (Redis per heartbeat: %.1f vs %.1f µs)',
-            $a, $ca->{redis_us}, $sa->{redis_us};
+            $ceil, $ca->{redis_us}, $sa->{redis_us};
         push @c, [ 'the same heartbeats, Redis alone (redis-benchmark replaying'
                    . ' the module\'s script): Redis Cluster (3 masters) vs one'
                    . ' redis-server', $text, 'the ceiling of the row above',
@@ -244,7 +244,7 @@ sub check_rows {
             push @c, [ 'the cluster row against its ceiling; per heartbeat,'
                        . ' the worker\'s and the Redis processes\' CPU',
                        sprintf('%.2f× (worker %.1f vs %.1f µs, Redis %.1f vs'
-                               . ' %.1f µs)', $cm->{rps} / $sm->{rps} / $a,
+                               . ' %.1f µs)', $cm->{rps} / $sm->{rps} / $ceil,
                                $cm->{worker_us}, $sm->{worker_us},
                                $cm->{redis_us}, $sm->{redis_us}),
                        '—', 'reference' ];
